@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="defect-perception", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_) in COMMANDS.items():
+    for name, (_mod, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name == only:
             _module(name).add_arguments(p)

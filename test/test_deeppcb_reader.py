@@ -1,0 +1,46 @@
+"""DeepPCB reader: counts on the real data, and broken files named with path and line."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from defect_perception.training.deeppcb import DEFECT_TYPES, DatasetError, deterministic_split, read_split
+
+
+def test_real_splits(deeppcb):
+    trainval, test = read_split(deeppcb, "trainval"), read_split(deeppcb, "test")
+    assert len(test) == 168 and len(trainval) >= 999
+    assert not {s.name for s in trainval} & {s.name for s in test}
+    assert all(len(s.boxes) == len(s.types) >= 1 for s in test)
+    assert {t for s in trainval for t in s.types} == set(DEFECT_TYPES)
+    a = deterministic_split(trainval, (0.7, 0.15, 0.15))
+    b = deterministic_split(list(reversed(trainval)), (0.7, 0.15, 0.15))
+    assert [sorted(s.name for s in p) for p in a] == [sorted(s.name for s in p) for p in b]
+    assert 0.6 < len(a[0]) / len(trainval) < 0.8
+
+
+def _tiny_copy(deeppcb, tmp_path, n=3):
+    lines = (deeppcb / "test.txt").read_text().splitlines()[:n]
+    for line in lines:
+        img, ann = line.split()
+        for rel in (img.replace(".jpg", "_test.jpg"), img.replace(".jpg", "_temp.jpg"), ann):
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(deeppcb / rel, tmp_path / rel)
+    (tmp_path / "test.txt").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def test_bad_label_line_and_missing_image_are_named(deeppcb, tmp_path):
+    lines = _tiny_copy(deeppcb, tmp_path)
+    ann = tmp_path / lines[1].split()[1]
+    ann.write_text(ann.read_text() + "10 10 5 5 3\n")
+    with pytest.raises(DatasetError, match=rf"{ann.name}:\d+: bad annotation line"):
+        read_split(tmp_path, "test")
+    assert len(read_split(tmp_path, "test", on_error="skip")) == 2
+    missing = tmp_path / lines[0].split()[0].replace(".jpg", "_temp.jpg")
+    missing.unlink()
+    with pytest.raises(DatasetError, match=rf"test.txt:1: image .*{missing.name} is missing"):
+        read_split(tmp_path, "test", on_error="fail")
+    with pytest.raises(DatasetError, match="split list not found"):
+        read_split(tmp_path, "trainval")
