@@ -170,6 +170,9 @@ def run_nodes(factories: Sequence[Callable[[], Node]], args: list[str] | None = 
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:  # rclpy RCLError when Ctrl-C shuts the context mid-wait: a clean stop
+        if rclpy.ok():
+            raise
     finally:
         for n in nodes:
             close = getattr(n, "close", None)

@@ -1,0 +1,38 @@
+"""`defect-perception compress-detector`: sparsity training, channel + layer pruning and
+fine-tuning (with and without KD) of a trained detector; stages reuse what `--work` holds."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..training.detector.pipeline import STAGES
+
+    parser.add_argument("--config", default="config/train/detector.yaml", help="YAML config")
+    parser.add_argument("--work", default="runs/detector", help="folder of stage checkpoints (<stage>.pt)")
+    parser.add_argument(
+        "--stage",
+        default="all",
+        choices=("all",) + STAGES,
+        help="stage to produce (its missing predecessors are produced first)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--data", help="DeepPCB folder (default ../shared/datasets/deeppcb)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from ..training.detector.pipeline import STAGES, load_config, load_data, run_stage
+
+    over: dict = {"train": {"threads": args.threads}}
+    if args.data:
+        over["data"] = {"root": args.data}
+    cfg = load_config(args.config, over)
+    data = load_data(cfg, need_test=False)
+    work = Path(args.work)
+    for stage in STAGES if args.stage == "all" else (args.stage,):
+        print(f"{stage}: {run_stage(stage, cfg, data, work, work / 'img')}")
+    return 0

@@ -1,0 +1,50 @@
+"""`defect-perception train-detector`: train the baseline YOLO-style detector on DeepPCB."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default="config/train/detector.yaml", help="YAML config (see docs/detector.md)"
+    )
+    parser.add_argument("--out", default="runs/detector/baseline.pt", help="checkpoint (config + state_dict)")
+    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--data", help="DeepPCB folder (default ../shared/datasets/deeppcb)")
+    parser.add_argument("--limit", type=int, default=0, help="use only N training boards (smoke runs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from ..training.detector.model import build
+    from ..training.detector.pipeline import load_config, load_data, model_config
+    from ..training.detector.train import TrainConfig, train
+
+    over: dict = {"train": {"threads": args.threads}}
+    if args.epochs:
+        over["train"]["epochs"] = args.epochs
+    if args.data or args.limit:
+        over["data"] = {k: v for k, v in (("root", args.data), ("limit", args.limit)) if v}
+    cfg = load_config(args.config, over)
+    data = load_data(cfg, need_test=False)
+    model = build(model_config(cfg, data.train))
+    from ..training.deeppcb import DEFECT_TYPES
+
+    _, hist = train(
+        model,
+        data.train,
+        TrainConfig.from_dict(cfg["train"]),
+        args.out,
+        val_ds=data.val,
+        class_names=DEFECT_TYPES,
+        log=logging.info,
+        meta={"stage": "baseline", "config": cfg},
+    )
+    Path(args.out).with_suffix(".history.json").write_text(json.dumps(hist, indent=1))
+    print(f"saved {args.out}")
+    return 0

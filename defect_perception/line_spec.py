@@ -1,0 +1,257 @@
+"""The one declaration of the line's node set, read by `launch/line.launch.py` and by
+`defect-perception line`, so both start the same nodes with the same parameters.
+
+Node convention (every node module follows it): module `defect_perception.nodes.<name>`
+defines `NODE_CLASS` (an rclpy Node subclass constructible with no arguments; name,
+namespace and parameters come from the ROS arguments) and `main()`, and ends with
+`if __name__ == "__main__": sys.exit(main())` so `python -m` runs it.
+
+`config/line.yaml` sections are keyed by node name relative to the namespace (`camera:`).
+rcl would match such a key only for a node in the root namespace, so the tools here
+rewrite the sections to fully qualified names (`/line/camera:`) before handing them over.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from defect_perception.core.paths import resolve
+from defect_perception.launcher.values import ParamValueError, normalise_list, parse_value
+
+PACKAGE = "defect_perception"
+DEFAULT_NAMESPACE = "/line"
+DEFAULT_PARAMS_FILE = "config/line.yaml"
+SAMPLE_RECORDING = "data/sample/deeppcb_sample"
+
+
+class LineSpecError(ValueError):
+    """A line that cannot be started as asked (names the node, file or value)."""
+
+
+def _model_present(param: str, default: str) -> Callable[[NodeSpec, dict, set], str | None]:
+    """The node needs `<model dir>/model.json`; `default` mirrors the node's own default."""
+    def check(spec: NodeSpec, params: dict, _running: set) -> str | None:
+        path = resolve(str(params.get(param) or default))
+        if not (path / "model.json").is_file():
+            return f"no model at {path} (parameter {spec.name}.{param}; train/export one first)"
+        return None
+    return check
+
+
+def _has_sources(spec: NodeSpec, params: dict, running: set) -> str | None:
+    sources = params.get("sources")
+    if isinstance(sources, list) and sources and not set(sources) & running:
+        return f"none of its sources {sources} is running"
+    return None
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the line. `enabled_if(spec, params, running) -> reason | None` says why
+    the node cannot run with these parameters (`running`: the nodes started before it)."""
+
+    name: str
+    description: str
+    default: bool = True
+    enabled_if: Callable[[NodeSpec, dict, set], str | None] | None = None
+
+    @property
+    def module(self) -> str:
+        return f"{PACKAGE}.nodes.{self.name}"
+
+    @property
+    def executable(self) -> str:
+        """The console script (`ros2 run defect_perception <executable>`)."""
+        return self.name
+
+    def available(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+
+# Order matters: producers first, so `running` is known when a consumer is checked.
+NODES: tuple[NodeSpec, ...] = (
+    NodeSpec("camera", "frame source: device, video, folder, rosbag2 or synthetic"),
+    NodeSpec("inspector", "distilled defect classifier / detector",
+             enabled_if=_model_present("model", "models/deeppcb-student")),
+    NodeSpec("anomaly", "teacher-student anomaly model",
+             enabled_if=_model_present("model", "models/deeppcb-anomaly")),
+    NodeSpec("sorter", "decision fusion, fail-safe, PLC / robot output", enabled_if=_has_sources),
+)
+BY_NAME = {n.name: n for n in NODES}
+# Nodes that subscribe to camera/image_raw.
+IMAGE_CONSUMERS = ("inspector", "anomaly")
+# The topic that carries each stage's per-part output (the last stage paces ack mode).
+OUTPUT_TOPIC = {"sorter": "sorter/decision", "inspector": "inspector/result", "anomaly": "anomaly/result"}
+
+
+@dataclass
+class LinePlan:
+    """What to start: nodes in order, each node's parameters, and what was left out and why."""
+
+    namespace: str
+    params_file: Path
+    nodes: list[NodeSpec]
+    params: dict[str, dict[str, Any]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    def fqn(self, node: str) -> str:
+        return f"{self.namespace.rstrip('/')}/{node}"
+
+    def last_stage_topic(self) -> str | None:
+        """The output topic of the last processing stage running (sorter > inspector > anomaly)."""
+        return next((OUTPUT_TOPIC[n] for n in ("sorter", "inspector", "anomaly") if n in self.names), None)
+
+    def ros_params(self) -> dict[str, Any]:
+        """Parameter-file content with fully qualified node keys (what rcl matches)."""
+        return {self.fqn(n): {"ros__parameters": dict(self.params[n])} for n in self.names}
+
+    def write_params(self, path: Path) -> Path:
+        path.write_text(yaml.safe_dump(self.ros_params(), sort_keys=False))
+        return path
+
+
+def check_namespace(ns: str) -> str:
+    ns = "/" + ns.strip("/") if ns.strip("/") else "/"
+    parts = [p for p in ns.split("/") if p]
+    if any(not p.replace("_", "a").isalnum() or p[0].isdigit() for p in parts):
+        raise LineSpecError(f"namespace {ns!r}: use letters, digits and '_' (not starting with a digit)")
+    return ns
+
+
+def read_params_file(path: str | Path, namespace: str = DEFAULT_NAMESPACE) -> dict[str, dict[str, Any]]:
+    """node name -> flat parameters from a ROS 2 parameter YAML. Keys may be `camera`,
+    `/**/camera`, `<namespace>/camera`, or `/**` (applies to every node)."""
+    p = resolve(path)
+    if not p.is_file():
+        raise LineSpecError(f"parameter file {p} does not exist")
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise LineSpecError(f"parameter file {p}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise LineSpecError(f"parameter file {p}: expected a mapping of node names at the top")
+    ns = namespace.rstrip("/")
+    out: dict[str, dict[str, Any]] = {}
+    common: dict[str, Any] = {}
+    for key, section in doc.items():
+        key = str(key)
+        if not isinstance(section, dict) or not isinstance(section.get("ros__parameters", {}), dict) \
+                or "ros__parameters" not in section:
+            raise LineSpecError(f"parameter file {p}: section {key!r} needs a 'ros__parameters:' mapping")
+        flat = _flatten(section["ros__parameters"])
+        if key in ("/**", "**"):
+            common.update(flat)
+            continue
+        name = key
+        for prefix in ("/**/", ns + "/" if ns else "/"):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        name = name.lstrip("/")
+        if "/" in name or "*" in name:
+            raise LineSpecError(f"parameter file {p}: section {key!r} is not a node of namespace "
+                                f"{namespace!r} (use the node name, e.g. 'camera:')")
+        out.setdefault(name, {}).update(flat)
+    for name in list(out) + [n.name for n in NODES]:
+        out[name] = {**common, **out.get(name, {})}
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`camera.fps=30` -> ("camera", "fps", 30.0-ish YAML value)."""
+    key, sep, raw = text.partition("=")
+    node, dot, name = key.strip().partition(".")
+    if not sep or not dot or not node or not name:
+        raise LineSpecError(f"--param {text!r}: expected NODE.NAME=VALUE, e.g. camera.fps=30")
+    if node not in BY_NAME:
+        raise LineSpecError(f"--param {text!r}: unknown node {node!r}{_suggest(node, BY_NAME)}")
+    try:
+        return node, name, normalise_list(parse_value(raw))
+    except ParamValueError as e:
+        raise LineSpecError(f"--param {text!r}: {e}") from None
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f" (known: {', '.join(known)}{hint})"
+
+
+def plan_line(config: str | Path | None = None, namespace: str | None = None,
+              nodes: Iterable[str] | None = None, overrides: Iterable[str] = (),
+              extra: dict[str, dict[str, Any]] | None = None) -> LinePlan:
+    """Decide which nodes start and with which parameters.
+
+    nodes: names asked for explicitly (a node that cannot run is then an error);
+        None = every default node that can run (the others are skipped with the reason).
+    overrides: `node.name=value` strings (highest priority); extra: node -> params set by the
+        caller (e.g. `--demo`), applied before the overrides.
+    """
+    ns = check_namespace(namespace or DEFAULT_NAMESPACE)
+    config_path = resolve(config or DEFAULT_PARAMS_FILE).absolute()
+    params = read_params_file(config_path, ns)
+    for node, values in (extra or {}).items():
+        params.setdefault(node, {}).update(values)
+    overrides = list(overrides)
+    for text in overrides:
+        node, name, value = parse_override(text)
+        current = params.setdefault(node, {}).get(name)
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # `-p camera.fps=10` for a double parameter, as the file declares it
+        params[node][name] = value
+
+    explicit = nodes is not None
+    wanted = [n.strip() for n in (nodes or []) if n.strip()] if explicit else \
+        [n.name for n in NODES if n.default]
+    for name in wanted:
+        if name not in BY_NAME:
+            raise LineSpecError(f"--nodes: unknown node {name!r}{_suggest(name, BY_NAME)}")
+    if explicit and not wanted:
+        raise LineSpecError("--nodes: no node given")
+
+    chosen: list[NodeSpec] = []
+    skipped: list[tuple[str, str]] = []
+    running: set[str] = set()
+    for spec in NODES:
+        if spec.name not in wanted:
+            continue
+        reason = None if spec.available() else f"module {spec.module} is not installed in this build"
+        if reason is None and spec.enabled_if is not None:
+            reason = spec.enabled_if(spec, params.get(spec.name, {}), running)
+        if reason:
+            if explicit:
+                raise LineSpecError(f"node {spec.name} was asked for but cannot run: {reason}")
+            skipped.append((spec.name, reason))
+            continue
+        chosen.append(spec)
+        running.add(spec.name)
+    if not chosen:
+        raise LineSpecError("no node can run: " + "; ".join(f"{n}: {r}" for n, r in skipped))
+    user_set = {o.split("=", 1)[0].strip() for o in overrides}
+    if "camera" in running and "camera.wait_subscribers" not in user_set:
+        # the first frame waits until every image consumer started here is connected
+        params["camera"]["wait_subscribers"] = sum(n in running for n in IMAGE_CONSUMERS)
+    unused = sorted(set(o.partition(".")[0] for o in overrides) - running)
+    if unused and explicit:
+        raise LineSpecError(f"--param given for node(s) not in the line: {', '.join(unused)}")
+    return LinePlan(namespace=ns, params_file=config_path, nodes=chosen,
+                    params={n.name: params.get(n.name, {}) for n in chosen}, skipped=skipped)

@@ -1,0 +1,84 @@
+"""`defect-perception param` against a real camera node process (standard parameter services)."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+NS = "/t_param"
+
+
+def cli(*args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "defect_perception.cli", "param", *args, "--namespace", NS]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def done(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def camera():
+    proc = subprocess.Popen([sys.executable, "-m", "defect_perception.nodes.camera", "--ros-args",
+                             "-r", f"__ns:={NS}", "-p", "source:=synthetic", "-p", "width:=64",
+                             "-p", "height:=64", "-p", "fps:=5.0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    yield proc
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stderr.close()
+
+
+def test_list_get_describe_and_errors(camera):
+    # independent calls in parallel: each one pays DDS discovery (a few seconds) once
+    calls = {
+        "list": cli("list", "camera"),
+        "get": cli("get", "camera", "source"),
+        "describe": cli("describe", "camera", "fps"),
+        "out_of_range": cli("set", "camera", "fps", "99999"),
+        "read_only": cli("set", "camera", "source", "folder"),
+        "bad_choice": cli("set", "camera", "pacing", "sometimes"),
+        "unknown_param": cli("get", "camera", "fsp"),
+        "unknown_node": cli("get", "camra", "fps", "--timeout", "3"),
+        "nodes": cli("list", "--timeout", "4"),
+    }
+    r = {k: done(p) for k, p in calls.items()}
+    code, out, err = r["list"]
+    assert code == 0, err
+    names = out.split()
+    assert {"fps", "source", "trigger_mode", "on_end"} <= set(names) and names == sorted(names)
+    assert r["get"][:2] == (0, "synthetic\n")
+    code, out, _ = r["describe"]
+    assert code == 0 and "type: double" in out and "range: 0.01 .. 1000" in out
+    code, _, err = r["out_of_range"]
+    assert code == 1 and "refused fps=99999.0" in err and "out of range" in err
+    code, _, err = r["read_only"]
+    assert code == 1 and "read-only" in err
+    code, _, err = r["bad_choice"]
+    assert code == 1 and "'sometimes' is not one of" in err  # the node's own reason
+    code, _, err = r["unknown_param"]
+    assert code == 1 and "no parameter 'fsp'" in err and "did you mean fps" in err
+    code, out, err = r["nodes"]
+    assert code == 0 and f"{NS}/camera" in out.split(), err
+    code, _, err = r["unknown_node"]
+    assert code == 1 and f"node {NS}/camra not found" in err and f"{NS}/camera" in err
+
+
+def test_set_then_get_round_trip(camera):
+    code, out, err = done(cli("set", "camera", "fps", "12"))  # an int for a double parameter
+    assert code == 0, err
+    assert out.strip() == f"{NS}/camera: fps = 12.0"
+    code, out, err = done(cli("get", "camera", "fps"))
+    assert (code, out) == (0, "12.0\n"), err
+
+
+def test_value_that_is_not_a_parameter_value_is_a_usage_error():
+    code, _, err = done(cli("set", "camera", "fps", "{a: 1}"))
+    assert code == 2 and "not a parameter type" in err
