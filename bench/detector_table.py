@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_model,
         load_config,
         load_data,
+        plot_gammas,
         run_stage,
     )
 
@@ -113,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.info(
             "%s: mAP50 %.4f F %.4f params %d", stage, m["map50"], m["f_score"], rows[stage]["params"]
         )
+    plot_gammas(
+        {
+            "before sparsity (baseline)": load_checkpoint(rows["baseline"]["checkpoint"])[0],
+            "after sparsity": load_checkpoint(rows["sparse"]["checkpoint"])[0],
+        },
+        img_dir / "gamma_hist.png",
+    )
     lat = ort_latency_many(
         {k: Path(r["onnx"]) for k, r in rows.items()},
         {k: r["shape"] for k, r in rows.items()},
@@ -250,7 +258,9 @@ choices come from a 10% validation split of `trainval`, never from the test spli
 Command: `python bench/detector_table.py --config {cfg_rel} --work {args.work}`.
 
 **This is a reduced CPU run**: input {cfg["model"]["img_size"]} px (boards are 640 px), width
-{cfg["model"]["width"]}, baseline {cfg["train"]["epochs"]} epochs, sparsity {c["sparse"]["epochs"]} epochs
+{cfg["model"]["width"]}, baseline checkpoint from epoch {base.get("epoch")} of a
+{cfg["train"]["epochs"]}-epoch cosine schedule
+(best validation mAP; the run was stopped there to fit the time box), sparsity {c["sparse"]["epochs"]} epochs
 (lambda {c["sparse"]["sparsity_lambda"]}, constant), global channel pruning ratio {c["channel_ratio"]},
 {c["layer_blocks"]} residual blocks removed, fine-tuning {c["finetune"]["epochs"]} epochs. The published
 bar (98.6 mAP / 98.2 F on DeepPCB; 97.41 mAP after pruning + KD in the YOLOv4 paper) needs the full

@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         imgs = plots(rows, best, REPO / "docs/img/distill")
         md += "\n" + "\n".join(f"![{i}](img/distill/{i})" for i in imgs) + "\n"
         write_section(REPO / "docs/results.md", md)
+        write_section(REPO / "docs/benchmarks.md", latency_md(rows, lat, args))
     return 0
 
 
@@ -310,6 +311,24 @@ def markdown(rows: dict, lat: dict, best: dict, args, train_seconds: float, ship
                   f"{f['good_frames']}: miss rate {f['miss_rate'] * 100:.1f}%, "
                   f"false-reject rate {f['false_reject_rate'] * 100:.1f}%, "
                   f"review rate {f['review_rate'] * 100:.1f}%."]
+    return "\n".join(lines) + "\n"
+
+
+def latency_md(rows: dict, lat: dict, args) -> str:
+    mc = machine()
+    tl = lat["teacher"]["median_ms"]
+    lines = ["## Classifier teacher vs students: ONNX Runtime CPU latency (issue 3)", "",
+             f"{mc['date']}, {mc['cores']} shared cores (other jobs running), "
+             f"ONNX Runtime {mc['onnxruntime']}, CPUExecutionProvider, 1 intra-op thread, batch 1, 64x64 "
+             "input (one 128 px tile), all models "
+             f"interleaved in 5 rounds ({args.latency_runs} runs each). "
+             "Command: `python bench/distill_table.py`.",
+             "A 640x640 frame is 36 such tiles (one batch of 36).", "",
+             "| model | params | median (ms) | p99 (ms) | speed-up vs teacher |", "|---|---|---|---|---|"]
+    for n, ms in rows.items():
+        la = lat[n]
+        lines.append(f"| {n} | {ms[0]['params'] / 1e6:.2f} M | {la['median_ms']:.2f} | {la['p99_ms']:.2f} | "
+                     f"{tl / la['median_ms']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

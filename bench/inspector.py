@@ -33,13 +33,13 @@ STAGES = ("receive", "preprocess", "infer", "postprocess", "publish")
 BEGIN, END = "<!-- BEGIN inspector -->", "<!-- END inspector -->"
 
 
-def pick_model(arg: str | None) -> tuple[Path, str]:
+def pick_model(arg: str | None, tmp: str) -> tuple[Path, str]:
     if arg:
         return Path(arg), "given"
     for rel in SHIPPED:
         if (REPO / rel / "model.json").is_file():
             return REPO / rel, "shipped"
-    return stand_in(Path(tempfile.mkdtemp(prefix="bench_inspector_"))), "stand-in"
+    return stand_in(Path(tmp)), "stand-in"
 
 
 def stand_in(root: Path) -> Path:
@@ -215,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     ap.add_argument("--json", help="also write the raw numbers here")
     args = ap.parse_args(argv)
-    model_dir, origin = pick_model(args.model)
-    r = run(model_dir, args.frames, args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench_inspector_") as tmp:
+        model_dir, origin = pick_model(args.model, tmp)
+        r = run(model_dir, args.frames, args.threads)
     cmd = "python bench/inspector.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(r, origin, cmd.strip())
     print(text)

@@ -38,9 +38,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_plc(port: int, log: Path) -> subprocess.Popen:
+def start_plc(port: int, log: Path, retain: Path | None = None) -> subprocess.Popen:
+    extra = ["--retain", str(retain)] if retain else []
     return subprocess.Popen([sys.executable, "-m", "defect_perception.cli", "plc-sim", "--port", str(port),
-                             "--log", str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--log", str(log), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def pct(a, q) -> float:
@@ -64,7 +65,8 @@ def run(args) -> dict:
     cfg = work / "actuators.yaml"
     cfg.write_text(f"actuators:\n  - {{type: modbus, name: plc, port: {port}, ack_timeout_ms: 300,"
                    f" heartbeat_ms: 500, backoff_min_ms: 50, backoff_max_ms: 500}}\n")
-    plc = start_plc(port, plc_log)
+    retain = None if args.no_retain else work / "plc_retain.txt"
+    plc = start_plc(port, plc_log, retain)
     time.sleep(1.0)
     sorter = subprocess.Popen(
         [sys.executable, "-m", "defect_perception.nodes.sorter", "--ros-args", "-r", f"__ns:={NS}",
@@ -124,7 +126,7 @@ def run(args) -> dict:
             plc.wait()
             plc_down_until = time.monotonic() + args.plc_down_s
         if plc_down_until is not None and time.monotonic() >= plc_down_until:
-            plc = start_plc(port, plc_log)
+            plc = start_plc(port, plc_log, retain)
             plc_down_until = None
             restarts_done += 1
         stamp = node.get_clock().now().nanoseconds
@@ -149,7 +151,7 @@ def run(args) -> dict:
     bar.close()
     if plc_down_until is not None:
         spin_for(max(0.0, plc_down_until - time.monotonic()))
-        plc = start_plc(port, plc_log)
+        plc = start_plc(port, plc_log, retain)
         restarts_done += 1
     feed_s = time.monotonic() - t_start
     spin_for(args.window_ms / 1000 + 1.0)
@@ -197,9 +199,10 @@ def run(args) -> dict:
     total_p50 = [float(v["latency_p50_ms"]) for _, _, v in diag if v.get("latency_p50_ms", "nan") != "nan"]
     outage_reports = [m for lvl, m, _ in diag if lvl >= 1]
     commit_p99 = [float(v["audit_commit_p99_ms"]) for _, _, v in diag if "audit_commit_p99_ms" in v]
+    publish_p99 = [float(v["publish_p99_ms"]) for _, _, v in diag if "publish_p99_ms" in v]
     out = {
         "parts": n, "rate_hz": args.rate, "feed_s": round(feed_s, 1), "plc_restarts": restarts_done,
-        "plc_down_s_each": args.plc_down_s,
+        "plc_down_s_each": args.plc_down_s, "plc_retains_counter": not args.no_retain,
         "decisions_unique": len(uniq), "lost_decisions": len(stamps - uniq),
         "duplicate_decisions": len(got) - len(uniq), "audited": len(audited & stamps),
         "fail_safe_decisions": fail_safe,
@@ -216,6 +219,7 @@ def run(args) -> dict:
         "decision_ms_total_windows": {"p50_median": pct(total_p50, 50), "p99_worst": max(total_p99 or [0]),
                                       "p99_median": pct(total_p99, 50), "reports": len(total_p99)},
         "audit_commit_ms": {"p99_median": pct(commit_p99, 50), "p99_worst": max(commit_p99 or [0])},
+        "publish_ms": {"p99_median": pct(publish_p99, 50), "p99_worst": max(publish_p99 or [0])},
         "load_average": os.getloadavg(),
         "diagnostics_warn_reports": len(outage_reports),
         "diagnostics_example": outage_reports[0] if outage_reports else "",
@@ -227,8 +231,9 @@ def run(args) -> dict:
     return out
 
 
-def write_docs(res: dict, cmd: str, path: Path) -> None:
+def write_docs(res: dict, cmd: str, path: Path, notes: str = "") -> None:
     """Replace the sorter section of docs/benchmarks.md (markers keep other sections intact)."""
+    notes = f"\n{notes.strip()}\n" if notes.strip() else ""
     i, o, t = res["decision_ms_internal"], res["decision_ms_observed"], res["decision_ms_total_windows"]
     ok = lambda c: "met" if c else "**MISSED**"
     ms3 = lambda d, a, b, c: f"{d[a]:.2f} / {d[b]:.2f} / {d[c]:.2f} ms"
@@ -250,6 +255,9 @@ def write_docs(res: dict, cmd: str, path: Path) -> None:
         ("audit commit alone (same windows): median p99 / worst p99",
          f"{res['audit_commit_ms']['p99_median']:.2f} / {res['audit_commit_ms']['p99_worst']:.2f} ms", "-")
         if "audit_commit_ms" in res else None,
+        ("publish alone (same windows): median p99 / worst p99",
+         f"{res['publish_ms']['p99_median']:.2f} / {res['publish_ms']['p99_worst']:.2f} ms", "-")
+        if "publish_ms" in res else None,
         ("observed by the publisher (2 DDS hops): p50 / p99 / max", ms3(o, "p50", "p99", "max"), "-"),
         ("time to drain the PLC queue after the last part", f"{res['drain_s']} s", "-"),
         ("/diagnostics reports at WARN/ERROR (outages visible)", res["diagnostics_warn_reports"],
@@ -257,6 +265,8 @@ def write_docs(res: dict, cmd: str, path: Path) -> None:
     ]
     table = "\n".join(f"| {r[0]} | {r[1]} | {r[2]} |" for r in rows if r)
     when = res.get("date") or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    retain = ("last counter kept in retained memory, as docs/plc_robot.md recommends"
+              if res.get("plc_retains_counter") else "no retained counter")
     load = " / ".join(f"{x:.1f}" for x in res.get("load_average", [])) or "not recorded"
     section = f"""<!-- BEGIN sorter -->
 ## Sorter soak (bench/sorter_soak.py)
@@ -267,8 +277,9 @@ Command: `{cmd}`
 
 {res['parts']} parts at {res['rate_hz']:g} parts/s ({res['feed_s']} s) through the sorter (inspector +
 anomaly joined by stamp, 10 % rejects, 5 % reviews, the two results in random order) -> Modbus TCP ->
-`defect-perception plc-sim`. The PLC simulator was SIGKILLed and restarted {res['plc_restarts']} times,
-down {res['plc_down_s_each']:g} s each; decisions queued meanwhile and were delivered in order afterwards.
+`defect-perception plc-sim`. The PLC simulator was SIGKILLed and restarted {res['plc_restarts']} times
+({retain}), down {res['plc_down_s_each']:g} s each; decisions queued meanwhile and were delivered in
+order afterwards.
 
 | metric | value | target |
 |---|---|---|
@@ -279,7 +290,7 @@ down {res['plc_down_s_each']:g} s each; decisions queued meanwhile and were deli
 latency; "observed" adds the DDS transport of the last result and of the decision plus both Python
 executors on a loaded 2-core machine.
 Example outage diagnostic: `{res['diagnostics_example'][:150]}`
-<!-- END sorter -->"""
+{notes}<!-- END sorter -->"""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if "<!-- BEGIN sorter -->" in text:
         a = text.index("<!-- BEGIN sorter -->")
@@ -297,15 +308,21 @@ def main() -> int:
     ap.add_argument("--restarts", type=int, default=3, help="PLC crashes during the run")
     ap.add_argument("--plc-down-s", type=float, default=3.0, help="seconds the PLC stays down per crash")
     ap.add_argument("--window-ms", type=float, default=500.0)
+    ap.add_argument("--no-retain", action="store_true",
+                    help="PLC simulator without retained last counter (a crash between taking a part "
+                         "and its acknowledge can then give a duplicate actuation)")
     ap.add_argument("--workdir", help="keep logs, audit DB and PLC log here (default: a temp dir)")
     ap.add_argument("--json", help="write the numbers to this JSON file")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--from-json", help="only rewrite docs/benchmarks.md from a saved --json file")
+    ap.add_argument("--notes", help="markdown file appended to the section (e.g. earlier runs)")
     args = ap.parse_args()
     if args.from_json:
         res = json.loads(Path(args.from_json).read_text())
-        write_docs(res, res.get("command", "python bench/sorter_soak.py"), REPO / "docs" / "benchmarks.md")
+        notes = Path(args.notes).read_text() if args.notes else ""
+        write_docs(res, res.get("command", "python bench/sorter_soak.py"), REPO / "docs" / "benchmarks.md",
+                   notes)
         return 0
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     if "ROS_DOMAIN_ID" in os.environ:

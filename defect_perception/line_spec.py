@@ -99,6 +99,7 @@ class LinePlan:
     nodes: list[NodeSpec]
     params: dict[str, dict[str, Any]]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def names(self) -> list[str]:
@@ -250,8 +251,18 @@ def plan_line(config: str | Path | None = None, namespace: str | None = None,
     if "camera" in running and "camera.wait_subscribers" not in user_set:
         # the first frame waits until every image consumer started here is connected
         params["camera"]["wait_subscribers"] = sum(n in running for n in IMAGE_CONSUMERS)
+    notes: list[str] = []
+    sources = params.get("sorter", {}).get("sources")
+    trim = "sorter" in running and not explicit and "sorter.sources" not in user_set
+    if trim and isinstance(sources, list):
+        kept = [s for s in sources if s in running]
+        if kept != sources:
+            # a skipped stage would make the sorter decide every part fail-safe
+            params["sorter"]["sources"] = kept
+            notes.append(f"sorter joins {kept} only: {sorted(set(sources) - set(kept))} not running "
+                         "(with --nodes or -p sorter.sources=... the configured sources are kept)")
     unused = sorted(set(o.partition(".")[0] for o in overrides) - running)
     if unused and explicit:
         raise LineSpecError(f"--param given for node(s) not in the line: {', '.join(unused)}")
     return LinePlan(namespace=ns, params_file=config_path, nodes=chosen,
-                    params={n.name: params.get(n.name, {}) for n in chosen}, skipped=skipped)
+                    params={n.name: params.get(n.name, {}) for n in chosen}, skipped=skipped, notes=notes)

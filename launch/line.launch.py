@@ -27,6 +27,7 @@ def _line_nodes(context, *args, **kwargs):
     nodes = LaunchConfiguration("nodes").perform(context)
     plan = line_spec.plan_line(config, namespace, nodes.split(",") if nodes else None)
     actions = [LogInfo(msg=f"defect_perception: skipping {name}: {reason}") for name, reason in plan.skipped]
+    actions += [LogInfo(msg=f"defect_perception: {note}") for note in plan.notes]
     for spec in plan.nodes:
         actions.append(Node(
             package=line_spec.PACKAGE,

@@ -219,3 +219,32 @@ def test_plc_sim_command_prints_parts(tmp_path):
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["event"] for e in events if e["event"] == "part"] == ["part"]
     assert events[-1]["event"] == "stopped" and events[-1]["parts"] == 1
+
+
+def test_plc_sim_retained_counter_ignores_resend_after_crash(tmp_path):
+    """The one duplicate window (PLC crash after taking a part, before the vision read the
+    acknowledge) is closed by a PLC that retains its last counter, as docs/plc_robot.md asks."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    from defect_perception.actuation.registers import encode_block
+
+    async def write_part(port: int) -> None:
+        c = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+        await c.connect()
+        rr = await c.write_registers(1, encode_block("reject", 1, T0, 41), device_id=1)
+        assert not rr.isError()
+        c.close()
+
+    for retain, expected in ((tmp_path / "retain.txt", 1), (None, 2)):
+        port = _free_port()
+        plc = Plc(port, retain_path=str(retain) if retain else None)
+        plc.start()
+        asyncio.run(write_part(port))
+        plc.stop()  # crash before the vision saw the acknowledge
+        plc.start()
+        asyncio.run(write_part(port))  # the vision resends the same counter
+        resends = plc.sim.resends
+        parts = plc.parts()
+        plc.close()
+        assert [p.stamp_ns for p in parts] == [T0] * expected
+        assert resends == (1 if retain else 0)

@@ -96,3 +96,39 @@ def test_config_rejects_unknown_keys_with_a_suggestion(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="multiple of 16"):
         load_config(None, {"size": 100})
+
+
+def test_checkpoint_is_rescored_without_retraining(trained, tmp_path):
+    root, goods, _ = trained
+    rc = cli(["train-anomaly", "--images", str(root / "good"),
+              "--from-checkpoint", str(root / "run" / "anomaly.pt"),
+              "--border", "4", "--target-frr", "0.2", "--model-dir", str(tmp_path / "m2"),
+              "--work-dir", str(tmp_path / "run2"), "--no-progress"])
+    assert rc == 0
+    old, new = load_card(root / "model"), load_card(tmp_path / "m2")
+    assert new["provenance"]["training_config"]["border"] == 4
+    assert new["calibration"]["target_frr"] == 0.2 and new["calibration"]["measured_frr"] <= 0.2
+    assert new["thresholds"]["image"] < old["thresholds"]["image"]      # a looser FRR budget
+    model = load_model(tmp_path / "m2", backend="onnxruntime")
+    amap = model.run(goods[0])[1]["map"]
+    assert np.all(amap[:3] == 0) and np.all(amap[:, -3:] == 0)           # border band ignored
+    model.close()
+    with pytest.raises(ValueError, match="change the weights"):
+        load_checkpoint(root / "run" / "anomaly.pt", {"steps": 5})
+
+
+def test_crops_keep_real_image_edges_in_the_loss():
+    from defect_perception.training.anomaly.config import AnomalyConfig
+    from defect_perception.training.anomaly.train import _crop_batch
+
+    cfg = AnomalyConfig(size=64, crop=32)
+    x = torch.zeros(2, 1, 64, 64)
+    t = [torch.zeros(2, 3, 16, 16), torch.zeros(2, 3, 8, 8)]
+    seen_edge = False
+    for seed in range(20):
+        xc, tc, keep = _crop_batch(cfg, [4, 8], x, t, np.random.default_rng(seed))
+        assert xc.shape[-1] == 32 and tc[0].shape[-1] == 8 and tc[1].shape[-1] == 4
+        ys = keep[0][2]
+        seen_edge |= ys.start == 0 or ys.stop == 8
+        assert (ys.stop - ys.start) in (4, 6)          # an interior crop edge drops 8 px = 2 cells
+    assert seen_edge

@@ -1,5 +1,6 @@
 """The runtime (`load_model`, no torch at run time) accepts the detector's ONNX + card and
 returns contract results on a real DeepPCB board; the shipped model loads and runs."""
+
 import json
 from pathlib import Path
 
@@ -11,6 +12,16 @@ from defect_perception import load_model
 from defect_perception.training.deeppcb import DEFECT_TYPES, read_split
 from defect_perception.training.detector.export import export_onnx, make_card
 from defect_perception.training.detector.model import DetectorConfig, build
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: tiny models gain nothing from more, and the CI box is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "deeppcb-detector"
 
@@ -32,7 +43,7 @@ def test_runtime_runs_exported_detector(tmp_path, deeppcb):
     for d in res["detections"]:
         assert d["label"] in DEFECT_TYPES
         x1, y1, x2, y2 = d["box"]
-        assert 0 <= x1 <= x2 <= 640 and 0 <= y1 <= y2 <= 640   # published-image pixels (640 px board)
+        assert 0 <= x1 <= x2 <= 640 and 0 <= y1 <= y2 <= 640  # published-image pixels (640 px board)
 
 
 @pytest.mark.skipif(not (SHIPPED / "model.json").is_file(), reason="no shipped detector in models/")

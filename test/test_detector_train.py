@@ -1,6 +1,7 @@
 """A tiny training run on generated boxes: the loss goes down; KD terms behave."""
 
 import numpy as np
+import pytest
 import torch
 
 from defect_perception.training.detector.anchors import kmeanspp_anchors
@@ -8,6 +9,15 @@ from defect_perception.training.detector.data import batches, mosaic, synthetic
 from defect_perception.training.detector.loss import YoloLoss, soft_bce
 from defect_perception.training.detector.model import DetectorConfig, build
 from defect_perception.training.detector.train import TrainConfig, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: tiny models gain nothing from more, and the CI box is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_mosaic_keeps_boxes_on_their_objects():

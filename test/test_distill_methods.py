@@ -61,7 +61,7 @@ def test_method_end_to_end(tiny, method, hier):
     if hier:
         args.append("--hierarchy")
     assert cli(args) == 0
-    assert (out / "config.yaml").is_file() and yaml.safe_load((out / "config.yaml").read_text())["method"] == method
+    assert yaml.safe_load((out / "config.yaml").read_text())["method"] == method     # config saved with run
     card = load_card(out / "model")                      # validated by the runtime's own reader
     assert card["task"] == "classification" and card["classes"] == CLASSES
     assert card["pass_classes"] == ["normal"] and card["category_tree"]["open"] == "missing_copper"
@@ -92,8 +92,8 @@ def test_evaluate_command_writes_metrics_and_png(tiny):
     if not (run / "model").is_dir():
         pytest.skip("needs test_method_end_to_end[none]")
     out = tiny / "eval"
-    assert cli(["evaluate", "--model", str(run / "model"), "--config", str(tiny / "cfg.yaml"), "--out", str(out),
-                "--no-progress"]) == 0
+    assert cli(["evaluate", "--model", str(run / "model"), "--config", str(tiny / "cfg.yaml"),
+                "--out", str(out), "--no-progress"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["classes"] == CLASSES and np.asarray(m["confusion"]).sum() == m["n"] > 0
     assert [lv["labels"] for lv in m["per_level"]][0] == ["normal", "defect"]

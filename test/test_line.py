@@ -51,6 +51,22 @@ def test_plan_runs_inspector_when_its_model_exists(tmp_path):
     assert plan.last_stage_topic() == "inspector/result"
 
 
+def test_sorter_joins_only_the_stages_that_run(tmp_path):
+    from defect_perception.inference.testing import make_classifier
+
+    model = make_classifier(tmp_path / "m")
+    cfg = write_config(tmp_path, {"camera": {}, "inspector": {"model": str(model)},
+                                  "anomaly": {"model": str(tmp_path / "missing")},
+                                  "sorter": {"sources": ["inspector", "anomaly"]}})
+    plan = plan_line(cfg)
+    assert plan.names == ["camera", "inspector", "sorter"]
+    assert plan.params["sorter"]["sources"] == ["inspector"]
+    assert any("anomaly" in n and "not running" in n for n in plan.notes)
+    assert plan.last_stage_topic() == "sorter/decision"
+    kept = plan_line(cfg, overrides=["sorter.sources=[inspector, anomaly]"])
+    assert kept.params["sorter"]["sources"] == ["inspector", "anomaly"] and not kept.notes
+
+
 def test_explicitly_requested_node_that_cannot_run_is_an_error(tmp_path):
     cfg = write_config(tmp_path, {"camera": {}, "inspector": {"model": str(tmp_path / "missing")}})
     with pytest.raises(LineSpecError, match="inspector.*missing"):

@@ -137,3 +137,10 @@ def test_parameter_docs_generator_covers_every_declared_parameter():
             names = [s.name for s in node_specs(spec)]
             assert names, f"{spec.name}: no ParamSpec table found"
             assert all(f"| `{n}` |" in text for n in names)
+
+
+def test_readme_links_every_document():
+    """README's docs index links every docs/*.md (add a row there when adding a document)."""
+    readme = (REPO / "README.md").read_text()
+    missing = [p.name for p in sorted((REPO / "docs").glob("*.md")) if f"(docs/{p.name})" not in readme]
+    assert not missing, f"README.md does not link: {missing}"

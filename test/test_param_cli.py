@@ -11,6 +11,8 @@ NS = "/t_param"
 
 
 def cli(*args: str) -> subprocess.Popen:
+    if "--timeout" not in args:  # generous: discovery is slow on a loaded machine; found = answered at once
+        args = (*args, "--timeout", "20")
     cmd = [sys.executable, "-m", "defect_perception.cli", "param", *args, "--namespace", NS]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -46,8 +48,8 @@ def test_list_get_describe_and_errors(camera):
         "read_only": cli("set", "camera", "source", "folder"),
         "bad_choice": cli("set", "camera", "pacing", "sometimes"),
         "unknown_param": cli("get", "camera", "fsp"),
-        "unknown_node": cli("get", "camra", "fps", "--timeout", "3"),
-        "nodes": cli("list", "--timeout", "4"),
+        "unknown_node": cli("get", "camra", "fps", "--timeout", "8"),
+        "nodes": cli("list", "--timeout", "8"),
     }
     r = {k: done(p) for k, p in calls.items()}
     code, out, err = r["list"]

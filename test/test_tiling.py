@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from defect_perception import load_model
+from defect_perception.core.result import validate_result
 from defect_perception.core.tiling import tile_grid
 from defect_perception.inference.testing import make_classifier, make_detector
 
@@ -30,7 +31,8 @@ def test_tiled_classifier_finds_small_defect_and_locates_it(tmp_path):
     frame = np.zeros((128, 128), np.uint8)
     frame[64:96, 32:64] = 255  # one bright tile = one "defect"
     r, extras = m.run(frame)
-    assert r["verdict"] == "reject" and extras["tiles"] == 16
+    assert r["verdict"] == "reject" and extras["tiles"] == 16 and r["tiles"] == 16
+    validate_result(r)
     assert [d["box"] for d in r["detections"]] == [[32.0, 64.0, 64.0, 96.0]]
     m.set_tiling(enabled=False)  # the whole frame shrunk to 32x32: the defect is diluted
     assert m(frame)["verdict"] == "pass"

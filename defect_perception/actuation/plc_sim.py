@@ -8,6 +8,7 @@ heartbeat. Used by `defect-perception plc-sim`, the tests and the soak benchmark
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ class PlcSimulator:
     def __init__(self, host: str = "127.0.0.1", port: int = 5020, registers: RegisterMap | None = None,
                  device_id: int = 1, ack_delay_s: float = 0.0, ack: bool = True,
                  heartbeat_timeout_s: float = 2.0,
-                 on_event: Callable[[str, dict], None] | None = None):
+                 on_event: Callable[[str, dict], None] | None = None, retain_path: str | None = None):
         self.host, self.port, self.device_id = host, port, device_id
         self.map = registers or RegisterMap()
         self.ack_delay_s = ack_delay_s
@@ -43,7 +44,10 @@ class PlcSimulator:
         self.parts: list[PartSeen] = []
         self.resends = 0
         self.heartbeats = 0
-        self._last_counter = 0
+        # retain_path models a PLC's retained memory: the last counter taken survives a restart,
+        # so a resend of a part taken just before a crash is not taken twice
+        self.retain_path = retain_path
+        self._last_counter = self._load_retained()
         self._coils = [False] * 16
         self._regs: list[int] | None = None
         self._last_hb_change: float | None = None
@@ -79,6 +83,7 @@ class PlcSimulator:
                 self.on_event("resend", {"counter": counter})
             else:
                 self._last_counter = counter
+                self._retain(counter)
                 coil = lambda a: self._coils[a] if a is not None else False
                 part = PartSeen(counter=counter, stamp_ns=words_stamp(regs[2:6]),
                                 action=ACTION_OF_CODE.get(regs[0], f"code{regs[0]}"), bin=regs[1],
@@ -88,6 +93,22 @@ class PlcSimulator:
             if self.ack_enabled and m.ack is not None:
                 asyncio.get_running_loop().call_later(self.ack_delay_s, self._set_ack, counter, start)
         return None
+
+    def _load_retained(self) -> int:
+        if self.retain_path and os.path.exists(self.retain_path):
+            try:
+                with open(self.retain_path) as f:
+                    return int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                return 0
+        return 0
+
+    def _retain(self, counter: int) -> None:
+        if self.retain_path:
+            tmp = f"{self.retain_path}.tmp"
+            with open(tmp, "w") as f:
+                f.write(str(counter))
+            os.replace(tmp, self.retain_path)
 
     def _set_ack(self, counter: int, start: int) -> None:
         if self._regs is not None and self.map.ack is not None:

@@ -35,10 +35,12 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides(args))
         ts = load_parts(cfg, not args.no_progress)[args.split]
         if args.model.suffix == ".pt":
+            from defect_perception.training.classification.models import param_count
             from defect_perception.training.classification.train import load_checkpoint, predict
 
             model, ck = load_checkpoint(args.model)
             probs, onnx = predict(model, ts, ck["input"]), None
+            size_info = {"params": param_count(model), "macs": evaluate.flops(model, cfg.size)}
         else:
             card = load_card(args.model)
             onnx = card["_onnx"]
@@ -46,11 +48,13 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"{args.model}: card classes {card['classes']} differ from the data's "
                                  f"{ts.classes}")
             probs = evaluate.onnx_probs(onnx, ts, card["input"]["mean"], card["input"]["std"])
+            size_info = {"params": card.get("parameters")}
     except (ConfigError, DatasetError, ModelCardError, FileNotFoundError, ValueError) as e:
         print(f"evaluate: {e}")
         return 2
     m = evaluate.metrics(ts.labels, probs, ts.classes, ts.tree)
     m["split"] = args.split
+    m.update(size_info)
     if args.latency:
         if onnx is None:
             print("evaluate: --latency needs an exported model folder (ONNX)")
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         m["latency"] = evaluate.ort_latency({"model": evaluate.ort_session(onnx)}, cfg.size)["model"]
     print(f"{args.split}: n={m['n']} accuracy {m['accuracy'] * 100:.2f}%  macro P/R/F1 "
           f"{m['macro_precision'] * 100:.1f}/{m['macro_recall'] * 100:.1f}/{m['macro_f1'] * 100:.1f}")
+    print(f"  params {m['params']}" + (f", MACs {m['macs'] / 1e6:.1f} M" if "macs" in m else ""))
     for lv in m.get("per_level", []):
         print(f"  level {lv['level']} ({', '.join(lv['labels'])}): accuracy {lv['accuracy'] * 100:.2f}%")
     if "latency" in m:

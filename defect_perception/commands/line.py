@@ -123,6 +123,9 @@ class Launcher:
         self.sup.emit("line", text)
 
     def _on_signal(self, signum, _frame) -> None:
+        if self.stop.is_set():  # asked twice: stop the nodes without the polite waits
+            self.sup.hurry.set()
+            return
         self.signal_name = signal.Signals(signum).name
         self.stop.set()
 
@@ -143,6 +146,8 @@ class Launcher:
         self.sup.reserve([IN_PROCESS] if args.in_process else plan.names)
         for name, reason in plan.skipped:
             self.log(f"skipping {name}: {reason}")
+        for note in plan.notes:
+            self.log(note)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         tmp = tempfile.TemporaryDirectory(prefix="defect-line-")
         monitor = None

@@ -151,10 +151,15 @@ class _Session:
         ns = self.args.namespace.rstrip("/") + "/"
         deadline = time.monotonic() + self.args.timeout
         found: list[str] = []
-        while time.monotonic() < deadline:  # discovery keeps adding nodes; take what is there by then
-            found = sorted(n for n in node.get_fully_qualified_node_names()
-                           if n.startswith(ns) and not n.split("/")[-1].startswith("_"))
-            time.sleep(0.2)
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline:  # discovery keeps adding nodes: stop once the list settles
+            now = sorted(n for n in node.get_fully_qualified_node_names()
+                         if n.startswith(ns) and not n.split("/")[-1].startswith("_"))
+            if now != found:
+                found, stable_since = now, time.monotonic()
+            elif found and time.monotonic() - stable_since > 1.5:
+                break
+            time.sleep(0.1)
         if not found:
             print(f"defect-perception param: no node in {self.args.namespace} within {self.args.timeout:g} s",
                   file=sys.stderr)

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registers", help="YAML/JSON file with a register map (default: built-in map)")
     parser.add_argument("--heartbeat-timeout", type=float, default=2.0,
                         help="seconds without a heartbeat change before reporting the vision system dead")
+    parser.add_argument("--retain", help="file keeping the last part counter taken, like a PLC's retained "
+                                         "memory: a part resent after a PLC crash is not taken twice")
     parser.add_argument("--json", action="store_true", help="print events as JSON lines")
     parser.add_argument("--log", help="also append events as JSON lines to this file (flushed per line)")
 
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         sim = PlcSimulator(args.host, args.port, regs, args.device_id, args.ack_delay_ms / 1000.0,
-                           not args.no_ack, args.heartbeat_timeout, on_event=event)
+                           not args.no_ack, args.heartbeat_timeout, on_event=event, retain_path=args.retain)
         try:
             port = await sim.start()
         except OSError as e:

@@ -212,8 +212,8 @@ class Model:
                                                           "infer": (t2 - t1) * 1e3,
                                                           "postprocess": (t3 - t2) * 1e3},
                              **fields)
-        if tiled:
-            extras["tiles"] = len(grid)
+        if tiled:  # optional extension field (JSON-safe): how many tiles were inspected
+            result["tiles"] = extras["tiles"] = len(grid)
         return result, extras
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -62,6 +62,7 @@ class Supervisor:
         self.env.setdefault("RCUTILS_CONSOLE_OUTPUT_FORMAT", "[{severity}] {message}")
         self.colour = self.out.isatty() if colour is None else colour
         self.children: list[Child] = []
+        self.hurry = threading.Event()  # set (e.g. by a second Ctrl-C) to skip the polite waits
         self._lock = threading.Lock()
         self._width = 8
 
@@ -130,11 +131,10 @@ class Supervisor:
                 except ProcessLookupError:
                     pass
             deadline = time.monotonic() + wait_s
-            for c in alive:
-                try:
-                    c.proc.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
+            while time.monotonic() < deadline and any(c.proc.poll() is None for c in alive):
+                if self.hurry.is_set() and sig != signal.SIGKILL:
+                    break  # a second Ctrl-C: go straight on to the next signal
+                time.sleep(0.02)
         self.poll()
         return escalated
 

@@ -101,7 +101,7 @@ class SorterNode(ParamNode):
         validate_result(make_result(stamp_ns=0, frame_id="camera", source="sorter", verdict="pass"))
         self._lock = threading.Lock()
         self.audit = AuditLog(self.p["audit_db"], self.p["audit_sync"])
-        self._audit_ms: list[float] = []
+        self._step_ms: dict[str, list[float]] = {"audit_commit": [], "publish": []}
         group = MutuallyExclusiveCallbackGroup()
         depth = self.p["result_depth"]
         qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
@@ -219,17 +219,20 @@ class SorterNode(ParamNode):
         t0 = time.perf_counter()
         self.audit.record_decision(result, action=d.action, reason_code=d.reason_code, fail_safe=d.fail_safe,
                                    sources=d.sources_summary(), decision_ms=lat.get("decision"))
-        audit_ms = (time.perf_counter() - t0) * 1000.0
+        t1 = time.perf_counter()
         try:
             self.pub.publish(String(data=dumps(result)))
         except Exception:  # only at shutdown: the decision is audited and still goes to the PLC
             if not self._closing:
                 raise
+        t2 = time.perf_counter()
+        for step, ms in (("audit_commit", (t1 - t0) * 1000.0), ("publish", (t2 - t1) * 1000.0)):
+            samples = self._step_ms[step]
+            samples.append(ms)
+            del samples[:-1000]
         total = (time.perf_counter() - t_last) * 1000.0 if t_last is not None else None
         self.diag.stats.add(total)
         self.diag.stats.incr(f"decision_{d.action}")
-        self._audit_ms.append(audit_ms)
-        del self._audit_ms[:-1000]
         if d.fail_safe:
             self.diag.stats.incr("fail_safe")
             self._throttled_error(f"part {d.stamp_ns}: {d.reason}")
@@ -336,10 +339,11 @@ class SorterNode(ParamNode):
     def _diag_extra(self) -> dict:
         out = {f"fusion_{k}": v for k, v in self.fuser.counters.items()}
         out["pending_parts"] = self.fuser.pending
-        if self._audit_ms:
-            a = sorted(self._audit_ms)
-            out["audit_commit_p99_ms"] = f"{a[int(0.99 * (len(a) - 1))]:.2f}"
-            out["audit_commit_max_ms"] = f"{a[-1]:.2f}"
+        for step, samples in self._step_ms.items():
+            if samples:
+                a = sorted(samples)
+                out[f"{step}_p99_ms"] = f"{a[int(0.99 * (len(a) - 1))]:.2f}"
+                out[f"{step}_max_ms"] = f"{a[-1]:.2f}"
         for a in self.actuators:
             for k, v in a.status().items():
                 out[f"{a.name}_{k}"] = v

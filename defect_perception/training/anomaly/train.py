@@ -54,16 +54,25 @@ def predict(model: AnomalyNet, x: np.ndarray, batch: int = 16) -> tuple[np.ndarr
 
 def _crop_batch(cfg: AnomalyConfig, strides: list[int], x: torch.Tensor, targets: list[torch.Tensor],
                 rng: np.random.Generator, margin: int = 8):
-    """Random crops aligned to the coarsest stride; targets keep their full-image context, so
-    the crop border (margin px), where the student lacks that context, is left out of the loss."""
+    """Random crops aligned to the coarsest stride. Targets keep their full-image context, so a
+    crop edge inside the image (margin px), where the student lacks that context, is left out of
+    the loss; crop edges on the image edge are kept (the student must learn the real borders),
+    and a third of the crops are snapped to an image edge per axis so borders are seen often."""
     c, s, step = cfg.crop, cfg.size, max(strides)
-    oy, ox = (int(v) * step for v in rng.integers(0, (s - c) // step + 1, 2))
+    n_pos = (s - c) // step
+    offs = []
+    for _ in range(2):
+        u = rng.random()
+        offs.append(0 if u < 1 / 6 else n_pos * step if u < 1 / 3 else int(rng.integers(0, n_pos + 1)) * step)
+    oy, ox = offs
     xc = x[:, :, oy:oy + c, ox:ox + c]
     tc, sl = [], []
     for t, st in zip(targets, strides, strict=False):
         tc.append(t[:, :, oy // st:(oy + c) // st, ox // st:(ox + c) // st])
-        m = max(1, margin // st)
-        sl.append((slice(None), slice(None), slice(m, c // st - m), slice(m, c // st - m)))
+        m, n = max(1, margin // st), c // st
+        y0, x0 = (m if oy > 0 else 0), (m if ox > 0 else 0)
+        y1, x1 = (n - m if oy + c < s else n), (n - m if ox + c < s else n)
+        sl.append((slice(None), slice(None), slice(y0, y1), slice(x0, x1)))
     return xc, tc, sl
 
 

@@ -66,11 +66,16 @@ def metrics(y: np.ndarray, probs: np.ndarray, classes: list[str], tree: dict[str
         out["per_level"] = per_level
         # review curve: fine label only when confident, else the parent level (manual review bin)
         conf = probs.max(1)
+        parent = levels[-2] if len(levels) > 1 else levels[-1]
+        plabels = sorted(set(parent), key=parent.index)
+        pp = probs @ np.array([[1.0 if parent[i] == lbl else 0.0 for lbl in plabels] for i in range(n)])
+        p_ok = pp.argmax(1) == np.array([plabels.index(parent[i]) for i in y])
         curve = []
         for t in review_grid:
             ok = conf >= t
             curve.append({"fine_min": t, "review_rate": float(1 - ok.mean()),
-                          "accuracy_accepted": float((pred[ok] == y[ok]).mean()) if ok.any() else 1.0})
+                          "accuracy_accepted": float((pred[ok] == y[ok]).mean()) if ok.any() else 1.0,
+                          "coarse_accuracy_reviewed": float(p_ok[~ok].mean()) if (~ok).any() else None})
         out["review_curve"] = curve
     return out
 
@@ -202,7 +207,8 @@ def frame_eval(model_dir: str | Path, frames: list[tuple[Path, int]], progress: 
             "accuracy_reject_vs_pass": (bad["reject"] + good["pass"]) / (nb + ng)}
 
 
-def frame_defect_scores(model_dir: str | Path, frames: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
+def frame_defect_scores(model_dir: str | Path,
+                        frames: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
     """Per frame: the largest tile p(defect), computed with the runtime's own preprocessing
     and tile grid (so thresholds calibrated on it mean the same on the line)."""
     import cv2

@@ -219,7 +219,8 @@ def fit(cfg: TrainConfig, train: TileSet, val: TileSet, out_dir: Path, progress:
         done = step + 1
         if rank == 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
             acc = accuracy(model, val, cfg, device)
-            rec = {"step": done, "loss": float(loss.detach()), **parts, "val_acc": acc, "lr": sched.get_last_lr()[0],
+            rec = {"step": done, "loss": float(loss.detach()), **parts, "val_acc": acc,
+                   "lr": sched.get_last_lr()[0],
                    "seconds": round(time.time() - t0, 1)}
             history.append(rec)
             with open(out_dir / "log.jsonl", "a") as f:
