@@ -27,8 +27,8 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (share, ["package.xml"]),
         (os.path.join(share, "launch"), glob("launch/*.py")),
-        (os.path.join(share, "config"), glob("config/*.yaml")),
     ]
+    + tree("config", share)
     + tree("models", share)
     + tree("data", share),
     python_requires=">=3.10",

@@ -297,7 +297,8 @@ def markdown(rows: dict, lat: dict, best: dict, args, train_seconds: float, ship
         lines.append("- hierarchical (seed 0) per-level test accuracy: " + ", ".join(
             f"level {x['level']} {x['accuracy'] * 100:.2f}%" for x in pl) + ".")
     bm = best["metrics"]
-    lines += ["", f"Shipped `models/deeppcb-student`: `{best['name']}` (best validation accuracy "
+    where = "Shipped to `models/deeppcb-student`" if args.ship else "Best student (not shipped by this run)"
+    lines += ["", f"{where}: `{best['name']}` (best validation accuracy "
               f"{bm['val_acc'] * 100:.2f}%), test accuracy {bm['accuracy'] * 100:.2f}%, defect recall "
               f"{bm['defect']['recall'] * 100:.2f}%, precision {bm['defect']['precision'] * 100:.2f}%. "
               f"ONNX parity with torch: max |logit diff| {bm['parity']:.1e}."]

@@ -278,8 +278,8 @@ Command: `{cmd}`
 {res['parts']} parts at {res['rate_hz']:g} parts/s ({res['feed_s']} s) through the sorter (inspector +
 anomaly joined by stamp, 10 % rejects, 5 % reviews, the two results in random order) -> Modbus TCP ->
 `defect-perception plc-sim`. The PLC simulator was SIGKILLed and restarted {res['plc_restarts']} times
-({retain}), down {res['plc_down_s_each']:g} s each; decisions queued meanwhile and were delivered in
-order afterwards.
+({retain}),
+down {res['plc_down_s_each']:g} s each; decisions queued meanwhile and were delivered in order afterwards.
 
 | metric | value | target |
 |---|---|---|

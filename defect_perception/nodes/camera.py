@@ -442,6 +442,9 @@ class CameraNode(ParamNode):
         self.source.close()
 
 
+NODE_CLASS = CameraNode
+
+
 def main(args: list[str] | None = None) -> int:
     return run_nodes([CameraNode], args)
 

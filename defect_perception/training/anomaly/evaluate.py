@@ -78,7 +78,8 @@ def compute_metrics(maps: np.ndarray, scores: np.ndarray, items: list[EvalItem],
 
 def plots(out_dir: Path, maps: np.ndarray, scores: np.ndarray, items: list[EvalItem], card: dict,
           n_examples: int = 4) -> list[Path]:
-    """ROC curve, score histograms and heatmap overlays (PNG)."""
+    """ROC curve, score histograms and heatmap overlays (PNG). Heatmap colours run from 0 to the
+    90th percentile of the defective images' scores (red = at least that)."""
     import cv2
     import matplotlib
 
@@ -119,9 +120,10 @@ def plots(out_dir: Path, maps: np.ndarray, scores: np.ndarray, items: list[EvalI
     good_idx = [i for i in range(len(items)) if labels[i] == 0][:2]
     tiles = []
     size = maps.shape[-1]
+    vmax = float(np.percentile(scores[labels == 1], 90)) if (labels == 1).any() else thr   # colour scale
     for i in good_idx + defect_idx:
         img = cv2.resize(load_gray(items[i].path), (size, size), interpolation=cv2.INTER_AREA)
-        level = np.clip(maps[i] / (2 * thr) * 255, 0, 255).astype(np.uint8)
+        level = np.clip(maps[i] / vmax * 255, 0, 255).astype(np.uint8)
         over = cv2.addWeighted(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR), 0.55,
                                cv2.applyColorMap(level, cv2.COLORMAP_JET), 0.45, 0)
         h, w = items[i].shape
