@@ -52,34 +52,11 @@ from defect_perception.core.image_conv import to_bgr8
 from defect_perception.core.paths import resolve
 from defect_perception.core.preprocess import InputError
 from defect_perception.core.result import dumps, make_result
-from defect_perception.core.stats import RollingStats
 from defect_perception.nodes.base import Diagnostics, ParamNode, ParamSpec
 from defect_perception.nodes.frame_io import FramePublisher, FrameSubscriber, stamp_ns
 
 NATIVE = ("mono8", "8UC1", "bgr8", "8UC3")  # passed to the model without conversion
 STAGES = ("convert", "queue", "preprocess", "infer", "postprocess", "publish", "total")
-
-
-class LockedStats(RollingStats):
-    """RollingStats updated from the worker and executor threads and read by the diagnostics
-    timer: iterating a deque/dict while another thread appends raises, and an exception in
-    a timer callback would stop the node's executor."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lock = threading.RLock()
-
-    def add(self, latency_ms: float | None = None) -> None:
-        with self.lock:
-            super().add(latency_ms)
-
-    def incr(self, name: str, n: int = 1) -> None:
-        with self.lock:
-            super().incr(name, n)
-
-    def summary(self) -> dict[str, str]:
-        with self.lock:
-            return super().summary()
 
 
 @dataclass(frozen=True)
@@ -177,7 +154,6 @@ class VisionNode(ParamNode):
         self.overlay_pub = FramePublisher(self, self.OVERLAY_TOPIC, depth=2) if self.OVERLAY_TOPIC else None
         self.diag = Diagnostics(self, period=float(self.p["diagnostics_period"]), extra=self._diag_extra)
         self.diag.level_fn = self._diag_level
-        self.diag.stats = LockedStats()
         self.create_outputs()
         self._load_initial()
         self._worker = threading.Thread(target=self._work, name=f"{self.get_name()}-worker", daemon=True)
