@@ -124,11 +124,16 @@ def export_main(ckpt_path: Path, out_dir: Path, name: str | None, test=None, thr
     metrics = {}
     if test is not None and len(test):
         m = evaluate.metrics(test.labels, predict(model, test, ck["input"]), test.classes, test.tree)
-        metrics = {"split": "test", "n": m["n"], "accuracy": m["accuracy"],
+        split = "DeepPCB test (official), tiles" if ck["config"].get("data") == "deeppcb" else "test"
+        metrics = {"split": split, "n": m["n"], "accuracy": m["accuracy"],
                    "macro_precision": m["macro_precision"], "macro_recall": m["macro_recall"],
                    "macro_f1": m["macro_f1"], "defect": m.get("defect"), "per_level": m.get("per_level")}
     prov = {"checkpoint": str(ckpt_path),
             "dataset": dataset or ck["config"].get("root") or ck["config"]["data"]}
+    if ck["config"].get("data") == "deeppcb":
+        prov["dataset"] = "DeepPCB (Tang et al. 2019), ../shared/datasets/deeppcb"
+        prov["note"] = ("DeepPCB is a research-use dataset: this model is a demo/evaluation artefact. "
+                        "Train production models on your own images (docs/training.md).")
     card = write_model_dir(model, ck, out_dir, name, metrics, thresholds, prov)
     print(f"exported {out_dir}/model.onnx (+ model.json); ONNX parity max |diff| "
           f"{card['provenance']['onnx_parity_max_abs_diff']:.2e}", flush=True)
