@@ -54,3 +54,14 @@ def test_shipped_detector_loads_and_runs(deeppcb):
     assert "split" in card["metrics"] and (SHIPPED / "model.onnx").stat().st_size <= 8e6
     res = rt(_board(deeppcb))
     assert res["verdict"] in ("pass", "reject", "review")
+
+
+@pytest.mark.skipif(not (SHIPPED / "template" / "model.json").is_file(), reason="no template model shipped")
+def test_shipped_template_detector_needs_and_uses_the_template(deeppcb):
+    s = read_split(deeppcb, "test")[0]
+    board = cv2.imread(str(s.test_path), cv2.IMREAD_GRAYSCALE)
+    rt = load_model(SHIPPED / "template", backend="onnxruntime")
+    with pytest.raises(ValueError, match="template"):
+        rt(board)  # no template given: a clear error (the node turns it into a fail-safe result)
+    res = rt(board, template=cv2.imread(str(s.temp_path), cv2.IMREAD_GRAYSCALE))
+    assert res["verdict"] in ("pass", "reject", "review") and res["detections"]

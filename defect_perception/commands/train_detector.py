@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--data", help="DeepPCB folder (default ../shared/datasets/deeppcb)")
+    parser.add_argument("--template", action="store_true",
+                        help="second input channel with the aligned defect-free template (data.template)")
     parser.add_argument("--limit", type=int, default=0, help="use only N training boards (smoke runs)")
 
 
@@ -30,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
         over["train"]["epochs"] = args.epochs
     if args.data or args.limit:
         over["data"] = {k: v for k, v in (("root", args.data), ("limit", args.limit)) if v}
+    if args.template:
+        over.setdefault("data", {})["template"] = True
     cfg = load_config(args.config, over)
     data = load_data(cfg, need_test=False)
     model = build(model_config(cfg, data.train))
