@@ -6,9 +6,10 @@ defines `NODE_CLASS` (an rclpy Node subclass constructible with no arguments; na
 namespace and parameters come from the ROS arguments) and `main()`, and ends with
 `if __name__ == "__main__": sys.exit(main())` so `python -m` runs it.
 
-`config/line.yaml` sections are keyed by node name relative to the namespace (`camera:`).
-rcl would match such a key only for a node in the root namespace, so the tools here
-rewrite the sections to fully qualified names (`/line/camera:`) before handing them over.
+`config/line.yaml` sections are keyed `/**/camera:` so rcl matches them in any namespace
+(`--params-file` works as is); plain `camera:` keys in users' files are accepted too. The
+tools here rewrite the sections to fully qualified names (`/line/camera:`) before handing
+them over, so two lines in different namespaces never pick up each other's sections.
 """
 from __future__ import annotations
 

@@ -345,14 +345,18 @@ def test_inspector_process_starts_answers_and_stops_cleanly(ros_context, models)
         thread.join(timeout=5)
 
 
-def test_line_yaml_inspector_section_is_accepted(ros_context, models):
+def test_line_yaml_inspector_section_is_accepted(ros_context, models, tmp_path):
+    """The shipped file works as a plain --params-file for a node in any namespace."""
     from pathlib import Path
 
-    cfg = Path(__file__).resolve().parents[1] / "config" / "line.yaml"
+    text = (Path(__file__).resolve().parents[1] / "config" / "line.yaml").read_text()
+    assert "/**/inspector:" in text and "    queue_depth: 4 " in text
+    cfg = tmp_path / "line.yaml"  # the shipped values equal the defaults: change one to see it applied
+    cfg.write_text(text.replace("    queue_depth: 4 ", "    queue_depth: 3 ", 1))
     node = InspectorNode(context=ros_context, namespace="/cfgtest", cli_args=[
         "--ros-args", "--params-file", str(cfg), "-p", f"model:={models['cls']}"])
     try:
-        assert node.p["fail_safe_verdict"] == "reject" and list(node.p["roi"]) == [0, 0, 0, 0]
+        assert node.p["queue_depth"] == 3 and list(node.p["roi"]) == [0, 0, 0, 0]
         assert node.model is not None and node.model.name == "cls-a"
     finally:
         node.close()

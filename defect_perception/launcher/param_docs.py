@@ -19,8 +19,8 @@ a bad value is refused with the reason (the node keeps the old value).
 Where to set them, lowest priority first:
 
 1. the node's default (tables below);
-2. `config/line.yaml` (one section per node, keyed by the node name: `camera:`,
-   `inspector:`, ...);
+2. `config/line.yaml` (one section per node: `/**/camera:`, `/**/inspector:`, ...;
+   plain `camera:` keys are accepted too);
 3. `defect-perception line -p NODE.NAME=VALUE` (repeatable), e.g. `-p camera.fps=10`;
 4. live, while the line runs: `defect-perception param set NODE NAME VALUE`
    (or `ros2 param set /line/NODE NAME VALUE` in a full ROS 2 install). Parameters marked

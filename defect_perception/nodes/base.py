@@ -174,6 +174,8 @@ def run_nodes(factories: Sequence[Callable[[], Node]], args: list[str] | None = 
         if rclpy.ok():
             raise
     finally:
+        # a second Ctrl-C (launchers signal the whole group) must not cut the flush of queues/audit
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for n in nodes:
             close = getattr(n, "close", None)
             if close:
