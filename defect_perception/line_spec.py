@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from defect_perception.core.paths import resolve
+from defect_perception.core.yaml_file import read_yaml_mapping
 from defect_perception.launcher.values import ParamValueError, normalise_list, parse_value
 
 PACKAGE = "defect_perception"
@@ -136,12 +137,7 @@ def read_params_file(path: str | Path, namespace: str = DEFAULT_NAMESPACE) -> di
     p = resolve(path)
     if not p.is_file():
         raise LineSpecError(f"parameter file {p} does not exist")
-    try:
-        doc = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise LineSpecError(f"parameter file {p}: not valid YAML: {e}") from None
-    if not isinstance(doc, dict):
-        raise LineSpecError(f"parameter file {p}: expected a mapping of node names at the top")
+    doc = read_yaml_mapping(p, "parameter file", LineSpecError)
     ns = namespace.rstrip("/")
     out: dict[str, dict[str, Any]] = {}
     common: dict[str, Any] = {}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from procs import stop
 
 from defect_perception.launcher.tally import PartTally
 from defect_perception.line_spec import LineSpecError, plan_line, read_params_file
@@ -136,13 +137,7 @@ def launcher(*args: str):
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, timeout=20)
         reader.join(timeout=5)
 
 

@@ -1,11 +1,11 @@
 """`defect-perception param` against a real camera node process (standard parameter services)."""
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 
 import pytest
+from procs import stop
 
 NS = "/t_param"
 
@@ -29,12 +29,7 @@ def camera():
                              "-p", "height:=64", "-p", "fps:=5.0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     yield proc
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc)
     proc.stderr.close()
 
 

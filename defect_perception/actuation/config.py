@@ -16,10 +16,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from defect_perception.actuation.base import AckCallback, ActuatorOptions, QueuedActuator
 from defect_perception.actuation.robot import DEFAULT_BINS, RobotConfig
+from defect_perception.core.yaml_file import read_yaml_mapping
 
 
 class ActuatorConfigError(ValueError):
@@ -37,13 +36,7 @@ _KEYS = {
 def load_config(path: str | Path) -> list[dict[str, Any]]:
     """Read and check the actuator list (no connection is made)."""
     p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text()) or {}
-    except OSError as e:
-        raise ActuatorConfigError(f"actuator config {p}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ActuatorConfigError(f"actuator config {p}: not valid YAML ({e})") from None
-    entries = doc.get("actuators") if isinstance(doc, dict) else None
+    entries = read_yaml_mapping(p, "actuator config", ActuatorConfigError).get("actuators")
     if not isinstance(entries, list):
         raise ActuatorConfigError(f"actuator config {p}: expected a top-level 'actuators:' list")
     return check_entries(entries, str(p))

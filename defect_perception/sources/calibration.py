@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from defect_perception.core.yaml_file import read_yaml_mapping
 
 
 class CalibrationError(ValueError):
@@ -58,14 +58,7 @@ def load_calibration(url: str) -> Calibration:
     if url.startswith("package://"):
         raise CalibrationError(f"camera_info_url {url!r}: package:// URLs are not supported; give a path")
     path = Path(url.removeprefix("file://")).expanduser()
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise CalibrationError(f"calibration file {path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise CalibrationError(f"calibration file {path}: not valid YAML ({e})") from None
-    if not isinstance(doc, dict):
-        raise CalibrationError(f"calibration file {path}: expected a mapping of fields")
+    doc = read_yaml_mapping(path, "calibration file", CalibrationError)
     try:
         width, height = int(doc["image_width"]), int(doc["image_height"])
     except (KeyError, TypeError, ValueError):

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from defect_perception.core.yaml_file import read_yaml_mapping
+
 
 @dataclass
 class AnomalyConfig:
@@ -70,15 +72,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     data: dict[str, Any] = {}
     src = "overrides"
     if path is not None:
-        import yaml
-
         src = str(path)
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys")
+        data = read_yaml_mapping(path, "anomaly config", ConfigError)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     names = {f.name for f in fields(AnomalyConfig)}
     for key in data:

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from defect_perception.core.yaml_file import read_yaml_mapping
+
 METHODS = ("none", "hinton", "simkd", "labelfree")
 
 
@@ -125,15 +127,6 @@ def merge(cfg: TrainConfig, values: dict[str, Any], origin: str = "override") ->
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     cfg = TrainConfig()
     if path:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of key: value")
-        merge(cfg, data, str(path))
+        merge(cfg, read_yaml_mapping(path, "training config", ConfigError), str(path))
     merge(cfg, overrides or {}, "command line")
     return cfg.validate()

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from defect_perception.core.yaml_file import read_yaml_mapping
+
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
@@ -43,7 +45,6 @@ DEFAULTS: dict[str, Any] = {
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None) -> dict[str, Any]:
-    import yaml
 
     cfg = json.loads(json.dumps(DEFAULTS))
     user = {}
@@ -51,7 +52,7 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> dict[
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: detector config not found")
-        user = yaml.safe_load(path.read_text()) or {}
+        user = read_yaml_mapping(path, "detector config")
         unknown = set(user) - set(DEFAULTS)
         if unknown:
             raise ValueError(f"{path}: unknown sections {sorted(unknown)} (known: {sorted(DEFAULTS)})")
