@@ -10,14 +10,7 @@ from defect_perception.core.model_card import load_card
 from defect_perception.training.detector.export import export_onnx, make_card, ort_session
 from defect_perception.training.detector.model import DetectExport, DetectorConfig, build
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny models gain nothing from more, and the CI box is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_onnx_parity_and_card(tmp_path):

@@ -13,14 +13,7 @@ from defect_perception.training.deeppcb import DEFECT_TYPES, read_split
 from defect_perception.training.detector.export import export_onnx, make_card
 from defect_perception.training.detector.model import DetectorConfig, build
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny models gain nothing from more, and the CI box is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "deeppcb-detector"

@@ -10,14 +10,7 @@ from defect_perception.training.detector.loss import YoloLoss, soft_bce
 from defect_perception.training.detector.model import DetectorConfig, build
 from defect_perception.training.detector.train import TrainConfig, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny models gain nothing from more, and the CI box is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_mosaic_keeps_boxes_on_their_objects():

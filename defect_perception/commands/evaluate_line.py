@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from defect_perception.nodes.base import BackgroundNode
+
 DEFAULT_ACK_TIMEOUT = 60.0
 
 
@@ -283,17 +285,13 @@ class Evaluation:
                   flush=True)
 
 
-class Collector:
+class Collector(BackgroundNode):
     """An rclpy node on a private context in this process: records every frame (camera_info),
     label, result and decision with its receive time, and releases the camera once the line
     is connected."""
 
     def __init__(self, plan, stage: str):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import CameraInfo
         from std_msgs.msg import String
 
@@ -306,10 +304,7 @@ class Collector:
         self._lock = threading.Lock()
         self._events = empty_events()
         self._events["malformed"] = []
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = Node("evaluate_line", namespace=plan.namespace, context=self.context,
-                         start_parameter_services=False)
+        super().__init__("evaluate_line", plan.namespace)
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         n = self.node
         n.create_subscription(CameraInfo, "camera/camera_info", self._on_info, qos)
@@ -324,18 +319,7 @@ class Collector:
             if topic != stage:
                 n.create_subscription(String, topic, lambda m, s=src: self._on_result(m, s), qos)
         self.decision_sub = n.create_subscription(String, stage, self._on_decision, qos)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(n)
-        self._thread = threading.Thread(target=self._spin, name="evaluate-collector", daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self.executor.spin()
-        except (ExternalShutdownException, KeyboardInterrupt):
-            pass
+        self.start()
 
     # ------------------------------------------------------------------ callbacks
     def _on_info(self, msg) -> None:
@@ -448,10 +432,3 @@ class Collector:
         finally:
             self.node.destroy_client(client)
 
-    def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._thread.join(timeout=2.0)

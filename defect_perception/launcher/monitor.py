@@ -11,21 +11,18 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import String
 
 from defect_perception.launcher.tally import PartTally
+from defect_perception.nodes.base import BackgroundNode
 
 Emit = Callable[[str], None]
 
 
-class LineMonitor:
+class LineMonitor(BackgroundNode):
     """Owns a context, a node `line_monitor` in the line's namespace, and a spin thread."""
 
     def __init__(self, namespace: str, stage_topic: str | None, emit: Emit, diag_period: float = 0.0,
@@ -36,10 +33,7 @@ class LineMonitor:
         self.end_of_stream: dict[str, Any] | None = None
         self._diag: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = Node("line_monitor", namespace=namespace, context=self.context,
-                         start_parameter_services=False)
+        super().__init__("line_monitor", namespace)
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         if stage_topic:
             first = self.node.create_subscription(String, stage_topic, self._on_result, qos)
@@ -52,16 +46,7 @@ class LineMonitor:
         if diag_period > 0:
             self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
             self.node.create_timer(diag_period, self._print_diag)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, name="line-monitor", daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except (ExternalShutdownException, KeyboardInterrupt):
-            pass
+        self.start()
 
     def _parse(self, msg: String, topic: str) -> dict | None:
         try:
@@ -153,8 +138,3 @@ class LineMonitor:
         with self._lock:
             return self.tally.summary()
 
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._thread.join(timeout=2.0)

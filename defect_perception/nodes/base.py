@@ -4,6 +4,7 @@ and `/diagnostics` behave the same across the line."""
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -184,3 +185,34 @@ def run_nodes(factories: Sequence[Callable[[], Node]], args: list[str] | None = 
         executor.shutdown()
         rclpy.try_shutdown()
     return 0
+
+
+class BackgroundNode:
+    """A node on a private context spun on its own thread, for tools in the launcher's process
+    (monitor, evaluate-line) that watch the line without taking over its Ctrl-C handling.
+    Subclasses create their subscriptions on `self.node`, then call `start()`."""
+
+    def __init__(self, name: str, namespace: str) -> None:
+        from rclpy.signals import SignalHandlerOptions
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = Node(name, namespace=namespace, context=self.context, start_parameter_services=False)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self._thread = threading.Thread(target=self._spin, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.executor.add_node(self.node)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except (ExternalShutdownException, KeyboardInterrupt):
+            pass
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=2.0)
