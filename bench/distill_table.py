@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from defect_perception.core.figures import pyplot, save_figure
+
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name -> (label, extra distill flags)
     "student": ("student alone", ["--method", "none"]),
@@ -109,10 +111,7 @@ def write_section(path: Path, body: str) -> None:
 
 
 def plots(rows: dict, best: dict, out_dir: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from defect_perception.training.classification import evaluate
 
@@ -128,9 +127,7 @@ def plots(rows: dict, best: dict, out_dir: Path) -> list[str]:
     ax.set_title("DeepPCB tiles, test split (mean ± std over seeds)")
     for i, v in enumerate(means):
         ax.text(i, v + 0.2, f"{v:.1f}", ha="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "accuracy.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out_dir / "accuracy.png")
     evaluate.confusion_png(best["metrics"], out_dir / "confusion_shipped.png",
                            f"shipped student ({best['name']}), "
                            f"test accuracy {best['metrics']['accuracy'] * 100:.1f}%")
@@ -143,9 +140,7 @@ def plots(rows: dict, best: dict, out_dir: Path) -> list[str]:
     ax.set_ylabel("accuracy of fine labels kept (%)")
     ax.set_title("accuracy vs review rate (seed 0)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "review_curve.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out_dir / "review_curve.png")
     return ["accuracy.png", "confusion_shipped.png", "review_curve.png"]
 
 

@@ -39,6 +39,21 @@ def deeppcb() -> Path:
 
 
 @pytest.fixture()
+def tiny_deeppcb(deeppcb, tmp_path) -> list[str]:
+    """The first three DeepPCB test pairs copied into tmp_path (safe to break); their list lines."""
+    import shutil
+
+    lines = (deeppcb / "test.txt").read_text().splitlines()[:3]
+    for line in lines:
+        img, ann = line.split()
+        for rel in (img.replace(".jpg", "_test.jpg"), img.replace(".jpg", "_temp.jpg"), ann):
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(deeppcb / rel, tmp_path / rel)
+    (tmp_path / "test.txt").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+@pytest.fixture()
 def ros_context():
     """An rclpy context of its own for in-process node tests; shut down afterwards."""
     import rclpy

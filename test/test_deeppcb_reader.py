@@ -1,8 +1,6 @@
 """DeepPCB reader: counts on the real data, and broken files named with path and line."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from defect_perception.training.deeppcb import DEFECT_TYPES, DatasetError, deterministic_split, read_split
@@ -20,19 +18,8 @@ def test_real_splits(deeppcb):
     assert 0.6 < len(a[0]) / len(trainval) < 0.8
 
 
-def _tiny_copy(deeppcb, tmp_path, n=3):
-    lines = (deeppcb / "test.txt").read_text().splitlines()[:n]
-    for line in lines:
-        img, ann = line.split()
-        for rel in (img.replace(".jpg", "_test.jpg"), img.replace(".jpg", "_temp.jpg"), ann):
-            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(deeppcb / rel, tmp_path / rel)
-    (tmp_path / "test.txt").write_text("\n".join(lines) + "\n")
-    return lines
-
-
-def test_bad_label_line_and_missing_image_are_named(deeppcb, tmp_path):
-    lines = _tiny_copy(deeppcb, tmp_path)
+def test_bad_label_line_and_missing_image_are_named(tiny_deeppcb, tmp_path):
+    lines = tiny_deeppcb
     ann = tmp_path / lines[1].split()[1]
     ann.write_text(ann.read_text() + "10 10 5 5 3\n")
     with pytest.raises(DatasetError, match=rf"{ann.name}:\d+: bad annotation line"):

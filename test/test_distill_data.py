@@ -2,8 +2,6 @@
 line), with the skip-vs-fail flag."""
 from __future__ import annotations
 
-import shutil
-
 import cv2
 import numpy as np
 import pytest
@@ -12,17 +10,6 @@ from defect_perception.training import deeppcb as dp
 from defect_perception.training.classification import data
 from defect_perception.training.classification.config import ConfigError, load_config
 from defect_perception.training.deeppcb import DatasetError
-
-
-def _tiny_deeppcb(src, dst, n=3):
-    lines = (src / "test.txt").read_text().splitlines()[:n]
-    for line in lines:
-        img, ann = line.split()
-        for rel in (img.replace(".jpg", "_test.jpg"), img.replace(".jpg", "_temp.jpg"), ann):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src / rel, dst / rel)
-    (dst / "test.txt").write_text("\n".join(lines) + "\n")
-    return lines
 
 
 def test_deeppcb_tiles_contain_their_defect(deeppcb):
@@ -44,18 +31,8 @@ def test_deeppcb_tiles_contain_their_defect(deeppcb):
     assert np.array_equal(again.images, ts.images)              # deterministic
 
 
-def test_deeppcb_bad_annotation_line_named(deeppcb, tmp_path):
-    lines = _tiny_deeppcb(deeppcb, tmp_path)
-    ann = tmp_path / lines[1].split()[1]
-    ann.write_text(ann.read_text() + "10 10 5 oops\n")
-    bad_line = len(ann.read_text().splitlines())
-    with pytest.raises(DatasetError, match=rf"{ann.name}:{bad_line}: bad annotation line"):
-        dp.read_split(tmp_path, "test", on_error="fail")
-    assert len(dp.read_split(tmp_path, "test", on_error="skip")) == 2
-
-
-def test_deeppcb_corrupt_image_fail_or_skip(deeppcb, tmp_path):
-    lines = _tiny_deeppcb(deeppcb, tmp_path)
+def test_deeppcb_corrupt_image_fail_or_skip(tiny_deeppcb, tmp_path):
+    lines = tiny_deeppcb
     broken = tmp_path / lines[0].split()[0].replace(".jpg", "_test.jpg")
     broken.write_bytes(b"not a jpeg")
     samples = dp.read_split(tmp_path, "test")

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from defect_perception.core.figures import pyplot, save_figure
+from defect_perception.evaluation.metrics import VERDICTS
 
-from defect_perception.evaluation.metrics import VERDICTS  # noqa: E402
+plt = pyplot()
 
 
 def confusion_png(confusion: dict, path: Path) -> Path:
@@ -25,10 +24,7 @@ def confusion_png(confusion: dict, path: Path) -> Path:
             ax.text(j, i, str(mat[i, j]), ha="center", va="center",
                     color="white" if mat[i, j] > mat.max() / 2 else "black", fontsize=12)
     ax.set_title("Decisions vs labels")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def latency_png(samples: dict[str, list[float]], path: Path) -> Path:
@@ -47,10 +43,7 @@ def latency_png(samples: dict[str, list[float]], path: Path) -> Path:
         ax.set_xlabel("ms", fontsize=8)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def sweep_png(sweeps: dict[str, dict], path: Path) -> Path:
@@ -70,7 +63,4 @@ def sweep_png(sweeps: dict[str, dict], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("Threshold sweep (from stored raw scores)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from defect_perception.core.figures import pyplot, save_figure
 from defect_perception.training.anomaly.data import EvalItem, box_mask
 from defect_perception.training.anomaly.metrics import (
     aupro,
@@ -81,10 +82,7 @@ def plots(out_dir: Path, maps: np.ndarray, scores: np.ndarray, items: list[EvalI
     """ROC curve, score histograms and heatmap overlays (PNG). Heatmap colours run from 0 to the
     90th percentile of the defective images' scores (red = at least that)."""
     import cv2
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = np.array([it.label for it in items])
@@ -98,10 +96,7 @@ def plots(out_dir: Path, maps: np.ndarray, scores: np.ndarray, items: list[EvalI
     ax.set_ylabel("true-positive rate (defective parts)")
     ax.set_title(f"{card['name']}: image ROC")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    written.append(out_dir / "roc.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(save_figure(fig, out_dir / "roc.png", dpi=120))
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     bins = np.linspace(scores.min(), scores.max(), 40)
@@ -111,10 +106,7 @@ def plots(out_dir: Path, maps: np.ndarray, scores: np.ndarray, items: list[EvalI
     ax.set_xlabel("image anomaly score")
     ax.set_ylabel("parts")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(out_dir / "score_hist.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(save_figure(fig, out_dir / "score_hist.png", dpi=120))
 
     defect_idx = [i for i in range(len(items)) if labels[i] == 1][:n_examples]
     good_idx = [i for i in range(len(items)) if labels[i] == 0][:2]

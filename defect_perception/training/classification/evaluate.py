@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from defect_perception.core.figures import pyplot, save_figure
 from defect_perception.training.classification.data import TileSet, to_input
 
 REVIEW_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -81,10 +82,7 @@ def metrics(y: np.ndarray, probs: np.ndarray, classes: list[str], tree: dict[str
 
 
 def confusion_png(m: dict, path: Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cm = np.asarray(m["confusion"], float)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -100,12 +98,7 @@ def confusion_png(m: dict, path: Path, title: str = "") -> Path:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or f"accuracy {m['accuracy'] * 100:.1f}% (n={m['n']})")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- ONNX Runtime

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from defect_perception.core.figures import pyplot, save_figure
+
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU [N, M] of x1y1x2y2 boxes."""
@@ -190,10 +192,7 @@ def false_alarm_rate(dets: Detections, threshold: float) -> float:
 def plot_pr(
     dets: Detections, gt_boxes, gt_classes, class_names: list[str], path: str | Path, title: str = ""
 ) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 5))
     for c, name in enumerate(class_names):
@@ -207,9 +206,4 @@ def plot_pr(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title(title or "PR curves (IoU 0.5)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from defect_perception.core.figures import pyplot, save_figure
 from defect_perception.core.yaml_file import read_yaml_mapping
 
 log = logging.getLogger(__name__)
@@ -176,10 +177,7 @@ def _train_cfg(cfg: dict[str, Any], section: dict[str, Any]):
 
 def plot_gammas(models: dict[str, Any], path: str | Path) -> Path:
     """Histogram of |gamma| over all BN layers, one curve per model (before/after sparsity)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from .prune import all_gammas
 
@@ -192,12 +190,7 @@ def plot_gammas(models: dict[str, Any], path: str | Path) -> Path:
     ax.set_yscale("log")
     ax.legend()
     ax.set_title("BN gamma distribution")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def run_stage(stage: str, cfg: dict[str, Any], data: Data, work: Path, img_dir: Path | None = None) -> Path:
