@@ -16,6 +16,17 @@ def available() -> tuple[bool, str]:
     return True, f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
 
 
+def cpu_session(onnx_path: str | Path, threads: int = 1):
+    """A CPU-only session with a fixed thread count: what the offline tools use for parity
+    checks and latency tables, so their numbers compare across machines with or without CUDA."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from defect_perception.core.figures import pyplot, save_figure
+from defect_perception.inference.onnxruntime_backend import cpu_session as ort_session
 from defect_perception.training.classification.data import TileSet, to_input
 
 REVIEW_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -102,13 +103,6 @@ def confusion_png(m: dict, path: Path, title: str = "") -> Path:
 
 
 # ---------------------------------------------------------------- ONNX Runtime
-def ort_session(onnx_path: str | Path, threads: int = 1):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
 
 
 def onnx_probs(onnx_path: str | Path, ts: TileSet, mean, std, batch: int = 64,

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from defect_perception.inference.onnxruntime_backend import cpu_session as ort_session
+
 from ..deeppcb import DEFECT_TYPES
 from .model import DetectExport, YoloDetector, count_params
 
@@ -35,13 +37,6 @@ def export_onnx(model: YoloDetector, path: str | Path, opset: int = 17) -> Path:
     return path
 
 
-def ort_session(path: str | Path, threads: int = 1):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def ort_latency(
