@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from polling import wait_until
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -21,15 +22,6 @@ from defect_perception.core.image_conv import fill_image, image_to_numpy  # noqa
 from defect_perception.core.result import parse_result  # noqa: E402
 from defect_perception.nodes.anomaly import NODE_CLASS, AnomalyNode  # noqa: E402
 from defect_perception.nodes.frame_io import frame_qos, header_from_ns, stamp_ns  # noqa: E402
-
-
-def _wait(cond, what: str, timeout: float = 15.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture()
@@ -61,7 +53,7 @@ def graph(ros_context, tmp_path):
     th = threading.Thread(target=ex.spin, daemon=True)
     th.start()
     g.params = AsyncParameterClient(tester, f"{ns}/anomaly")
-    _wait(lambda: g.pub.get_subscription_count() >= 1 and node.result_pub.get_subscription_count() >= 1
+    wait_until(lambda: g.pub.get_subscription_count() >= 1 and node.result_pub.get_subscription_count() >= 1
           and node.heatmap_pub.subscription_count() >= 1 and node.overlay_pub.subscription_count() >= 1,
           "discovery")
     yield g
@@ -79,7 +71,7 @@ def _publish(g, arr, stamp, encoding="mono8"):
 
 
 def _result(g, stamp):
-    _wait(lambda: any(r["stamp_ns"] == stamp for r in g.results), f"result {stamp}")
+    wait_until(lambda: any(r["stamp_ns"] == stamp for r in g.results), f"result {stamp}")
     with g.lock:
         (r,) = [r for r in g.results if r["stamp_ns"] == stamp]
     return r
@@ -102,7 +94,7 @@ def test_results_heatmaps_stamps_and_live_threshold(graph):
         r = _result(g, s)
         assert r["verdict"] == verdict and r["source"] == "anomaly" and r["frame_id"] == "camera"
         assert r["anomaly_score"] is not None and r["model"]["name"] == "toy-anomaly"
-    _wait(lambda: len(g.heatmaps) >= 3, "3 heatmaps")
+    wait_until(lambda: len(g.heatmaps) >= 3, "3 heatmaps")
     with g.lock:
         heat = {s: (enc, m) for s, enc, m in g.heatmaps}
     assert set(heat) == set(stamps)                     # one heatmap per frame, same stamps
@@ -111,12 +103,12 @@ def test_results_heatmaps_stamps_and_live_threshold(graph):
     y, x = np.unravel_index(np.argmax(m), m.shape)
     assert 10 <= y < 20 and 30 <= x < 40                 # heatmap peaks where the blob is
 
-    _wait(lambda: len(g.overlays) >= 3, "3 overlays")      # subscribed: bgr8 overlay per frame
+    wait_until(lambda: len(g.overlays) >= 3, "3 overlays")      # subscribed: bgr8 overlay per frame
     assert {stamp_ns(o.header) for o in g.overlays} == set(stamps)
     assert all(o.encoding == "bgr8" and (o.height, o.width) == blob.shape for o in g.overlays)
 
     fut = g.params.set_parameters([Parameter("image_threshold", value=2.0)])
-    _wait(fut.done, "set image_threshold")
+    wait_until(fut.done, "set image_threshold")
     assert fut.result().results[0].successful
     _publish(g, blob, 1_000_000_004)
     assert _result(g, 1_000_000_004)["verdict"] == "pass"   # nothing reaches 2.0 any more
@@ -125,7 +117,7 @@ def test_results_heatmaps_stamps_and_live_threshold(graph):
 def test_bad_frame_gets_fail_safe_result_and_no_heatmap_without_subscriber(graph):
     g = graph
     g.tester.destroy_subscription(g.heat_sub)
-    _wait(lambda: g.node.heatmap_pub.subscription_count() == 0, "heatmap unsubscribed")
+    wait_until(lambda: g.node.heatmap_pub.subscription_count() == 0, "heatmap unsubscribed")
     bad = Image(height=10, width=10, encoding="mono8", step=10, data=b"\x00" * 20)  # truncated
     bad.header = header_from_ns(2_000_000_001, "camera")
     g.pub.publish(bad)

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from polling import wait_until
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -57,13 +58,7 @@ class Line:
         with self.lock:
             self.results.append(parse_result(msg.data, "inspector/result"))
 
-    def wait(self, cond, what: str, timeout: float = 15.0) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return
-            time.sleep(0.01)
-        raise AssertionError(f"timed out waiting for {what}")
+    wait = staticmethod(wait_until)
 
     def publish(self, arr: np.ndarray | None = None, encoding: str | None = None,
                 msg: Image | None = None) -> int:
