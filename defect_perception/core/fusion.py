@@ -83,7 +83,6 @@ class Part:
     frame_id: str = "camera"
     results: dict[str, dict] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
-    seen_camera: bool = False
 
 
 @dataclass
@@ -167,9 +166,6 @@ class Fuser:
     def pending(self) -> int:
         return len(self._parts)
 
-    def is_decided(self, stamp_ns: int) -> bool:
-        return stamp_ns in self._decided
-
     def on_part(self, stamp_ns: int, now_ns: int, frame_id: str = "camera") -> None:
         """A captured part (from camera_info): it will get a decision by its deadline."""
         if stamp_ns in self._decided:
@@ -177,8 +173,7 @@ class Fuser:
         if stamp_ns < self._last_camera_stamp:
             self.counters["out_of_order"] += 1
         self._last_camera_stamp = max(self._last_camera_stamp, stamp_ns)
-        part = self._part(stamp_ns, now_ns, frame_id)
-        part.seen_camera = True
+        self._part(stamp_ns, now_ns, frame_id)
 
     def on_result(self, source: str, result: dict, now_ns: int) -> Decision | None:
         """A parsed, valid result. Returns the decision when this completes the part."""
@@ -216,9 +211,6 @@ class Fuser:
         due = [p for p in self._parts.values() if p.deadline_ns <= now_ns]
         due.sort(key=lambda p: p.stamp_ns)
         return [self._decide(p) for p in due]
-
-    def next_deadline_ns(self) -> int | None:
-        return min((p.deadline_ns for p in self._parts.values()), default=None)
 
     def flush(self) -> list[Decision]:
         """Decide everything pending now (shutdown): nothing leaves undecided."""

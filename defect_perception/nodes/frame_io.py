@@ -97,7 +97,6 @@ class FramePublisher:
         self.topic = self.pub.topic_name
         self.fast_path = fast_path_default() if fast_path is None else fast_path
         self._key = (id(node.context), self.topic)
-        self.local_deliveries = 0
         self.dds_publishes = 0
 
     def _local(self) -> list[FrameSubscriber]:
@@ -117,7 +116,6 @@ class FramePublisher:
             view.flags.writeable = False
             for sub in local:
                 sub._offer((header, view, enc))
-            self.local_deliveries += 1
         if not self._needs_dds(local):
             return None
         msg = fill_image(Image(header=header), array, encoding)

@@ -14,9 +14,6 @@ import timm
 import torch
 from torch import nn
 
-IMAGENET_LITE_MEAN = (0.5, 0.5, 0.5)
-IMAGENET_LITE_STD = (0.5, 0.5, 0.5)
-
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
         "_fc": "classifier"}
 _NO_EXPAND = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}

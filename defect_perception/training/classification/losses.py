@@ -51,7 +51,6 @@ def hinton_term(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: flo
 
 @register("none")
 class CrossEntropy(nn.Module):
-    needs_teacher = False
     needs_labels = True
 
     def __init__(self, label_smoothing: float = 0.0, **_):
@@ -65,7 +64,6 @@ class CrossEntropy(nn.Module):
 
 @register("hinton")
 class HintonKD(nn.Module):
-    needs_teacher = True
     needs_labels = True
 
     def __init__(self, temperature: float = 4.0, lam: float = 0.9, **_):
@@ -89,7 +87,6 @@ def simkd_term(proj_student: torch.Tensor, teacher_feat: torch.Tensor) -> torch.
 
 @register("simkd")
 class SimKD(nn.Module):
-    needs_teacher = True
     needs_labels = False
 
     def __init__(self, **_):
@@ -108,7 +105,6 @@ def labelfree_term(s_logits: torch.Tensor, t_logits: torch.Tensor, alpha: float,
 
 @register("labelfree")
 class LabelFree(nn.Module):
-    needs_teacher = True
     needs_labels = False
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, **_):

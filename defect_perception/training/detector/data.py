@@ -8,7 +8,6 @@ about 100 MB), so an epoch costs only the augmentation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -160,9 +159,3 @@ def synthetic(n: int, size: int = 64, seed: int = 0, num_classes: int = 2) -> De
         ds.names.append(f"synthetic{k:04d}")
         ds.scale.append((1.0, 1.0))
     return ds
-
-
-def default_root() -> Path:
-    from ..deeppcb import DEFAULT_ROOT
-
-    return DEFAULT_ROOT

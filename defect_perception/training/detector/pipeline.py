@@ -76,7 +76,6 @@ class Data:
     val: Any
     test: Any
     templates: Any  # defect-free templates of the test split (false-alarm rate)
-    val_templates: Any  # defect-free templates of the validation split
 
 
 def load_data(cfg: dict[str, Any], need_test: bool = True) -> Data:
@@ -99,7 +98,6 @@ def load_data(cfg: dict[str, Any], need_test: bool = True) -> Data:
         load_samples(val_s, size, tpl),
         load_samples(test_s, size, tpl),
         load_samples(test_s, size, tpl, which="temp"),
-        load_samples(val_s, size, tpl, which="temp"),
     )
 
 
