@@ -180,3 +180,21 @@ def test_template_models_get_frame_and_aligned_template(tmp_path):
     bad = load_model(d)
     with pytest.raises(InputError, match="not a readable image"):
         bad.set_template(tmp_path / "missing.png")
+
+
+def test_warm_up_runs_the_real_path_and_leaves_results_unchanged(tmp_path):
+    """Warm-up at load runs the full tiled path on a blank frame of the line's size (or one
+    network input without a size, or for a template model without its template)."""
+    from defect_perception.inference.testing import make_detector
+
+    m = load_model(make_classifier(tmp_path / "c", tiling={"tile": 32, "overlap": 0}))
+    frame = np.full((96, 64), 200, np.uint8)
+    before = m(frame)
+    assert m.warm_up((64, 96)) > 0 and m.warm_up() > 0
+    after = m(frame)
+    assert after["verdict"] == before["verdict"] and after["score"] == before["score"]
+    assert after["tiles"] == 6
+    tpl = load_model(make_detector(tmp_path / "t", template=True))
+    assert tpl.warm_up((64, 64)) > 0  # no template set yet: falls back to one network input
+    with pytest.raises(InputError, match="template"):
+        tpl(np.zeros((64, 64), np.uint8))

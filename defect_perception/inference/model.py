@@ -252,6 +252,20 @@ class Model:
                         for o, tf in zip(per, tfs, strict=True)]
         return tiling.merge_classification(tile_results, grid, offset)
 
+    def warm_up(self, frame_size: tuple[int, int] | None = None) -> float:
+        """Run once on a blank frame before the first part arrives, so that part does not pay
+        for the backend's lazy initialisation and allocations (on a CPU that can push it past
+        the sorter's deadline: a fail-safe reject at every start). `frame_size` (width, height)
+        warms the full path, tiling included; without it, one network input. Seconds taken."""
+        t0 = time.perf_counter()
+        w, h = frame_size or (0, 0)
+        if w > 0 and h > 0 and (self._template is not None or not self.needs_template):
+            blank = np.zeros((h, w), np.uint8)
+            self.run(blank, template=blank if self.needs_template else None)
+        else:
+            self.infer(np.zeros((1, self.pre.channels, self.pre.height, self.pre.width), np.float32))
+        return time.perf_counter() - t0
+
     def run_batch(self, images: list[np.ndarray], **kwargs) -> list[dict]:
         """Several whole images (same size) in one backend call; for evaluation tools."""
         if not images:

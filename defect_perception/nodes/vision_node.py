@@ -194,8 +194,8 @@ class VisionNode(ParamNode):
             ParamSpec("publish_overlay", True, "Draw and publish the overlay image (only while subscribed)."),
             ParamSpec("template", "", "Aligned defect-free image of the board (file) for models whose card "
                       "says input.template; empty = none. Live.", check=_template_path),
-            ParamSpec("expected_size", [0, 0], "Expected frame [width, height]; other sizes fail safe. "
-                      "[0, 0] = any size.", check=_size, type_=Parameter.Type.INTEGER_ARRAY),
+            ParamSpec("expected_size", [0, 0], "Expected frame [width, height]; other sizes fail safe, and the model is "
+                      "warmed up at this size when it loads. [0, 0] = any size.", check=_size, type_=Parameter.Type.INTEGER_ARRAY),
             ParamSpec("input_depth", 10, "QoS depth of the image subscription (restart to change).",
                       range=(1, 100), read_only=True),
             ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages (restart to change).",
@@ -281,6 +281,13 @@ class VisionNode(ParamNode):
             raise ValueError(f"model {path!r} is a {model.task} model; node {self.get_name()} runs "
                              f"{', '.join(self.TASKS)}")
         self._configure(model)
+        try:
+            size = [int(v) for v in self.p["expected_size"]]
+            took = model.warm_up((size[0], size[1]))
+            self.get_logger().info(f"model {model.name} warmed up in {took * 1e3:.0f} ms"
+                                   + (f" on a {size[0]}x{size[1]} frame" if all(size) else ""))
+        except Exception as e:  # a warm-up problem must not keep the line from starting
+            self.get_logger().warn(f"model {model.name}: warm-up skipped ({type(e).__name__}: {e})")
         return model
 
     def _load_initial(self) -> None:
