@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -168,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     log = work / "runs.log"
     scfg = load_config(args.student_config)
     parts = load_parts(scfg, progress=False)
-    t0 = time.time()
     print(f"teacher -> {work / 'teacher'}", flush=True)
     teacher = train_run("train-teacher", work / "teacher", args.teacher_config, [], args.teacher_steps, log)
     jobs = [(v, s) for s in range(args.seeds) for v in args.variants]
@@ -182,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         list(pool.map(job, jobs))
     train_seconds = sum(json.loads((p / "summary.json").read_text()).get("seconds") or 0
                         for p in [teacher] + [work / f"{v}_s{s}" for v, s in jobs])
-    del t0
 
     rows: dict[str, list[dict]] = {"teacher": [score(teacher, parts, scfg.mean, scfg.std)]}
     for v in args.variants:
@@ -228,7 +227,15 @@ def machine() -> dict:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def arch_name(model: str) -> str:
+    """tf_efficientnet_lite2 -> Lite2, for table labels."""
+    return model.rsplit("_", 1)[-1].capitalize() if "efficientnet_lite" in model else model
+
+
 def markdown(rows: dict, lat: dict, best: dict, args, train_seconds: float, shipped: dict | None) -> str:
+    from defect_perception.training.classification.config import load_config
+
+    scfg, tcfg = load_config(args.student_config), load_config(args.teacher_config)
     t = rows["teacher"][0]
     tl = lat["teacher"]["median_ms"]
     mc = machine()
@@ -236,8 +243,7 @@ def markdown(rows: dict, lat: dict, best: dict, args, train_seconds: float, ship
         "## Classifier distillation on DeepPCB tiles (issue 3)",
         "",
         f"Measured {mc['date']} on {mc['cores']} shared CPU cores (torch {mc['torch']}, ONNX Runtime "
-        f"{mc['onnxruntime']}); command: `python bench/distill_table.py --seeds {args.seeds} "
-        f"--parallel {args.parallel}{' --ship' if args.ship else ''}` "
+        f"{mc['onnxruntime']}); command: `python bench/distill_table.py {shlex.join(sys.argv[1:])}` "
         f"(sum of per-run training times {train_seconds / 60:.0f} min; runs went {args.parallel} at a time, "
         "each on 1 CPU thread).",
         "",
@@ -246,9 +252,8 @@ def markdown(rows: dict, lat: dict, best: dict, args, train_seconds: float, ship
         "and "
         "from defect-free areas of tested images (about 60% normal). Train / select on trainval's 70% / 15% "
         "(hash split by image), scored once on the official **test split** "
-        f"({t['n']} tiles) with ONNX Runtime. Teacher: ImageNet EfficientNet-Lite2 (no offline B2 weights, "
-        "see "
-        "docs/training.md); students: ImageNet EfficientNet-Lite0; one teacher (seed 0).",
+        f"({t['n']} tiles) with ONNX Runtime. Teacher: ImageNet {tcfg.model} (no offline B2 weights, see "
+        f"docs/training.md); students: ImageNet {scfg.model}; one teacher (seed 0).",
         f"Students: {args.seeds} seed(s) each" + (", mean ± sample std." if args.seeds > 1 else
                                                   " only (**no spread: a single seed**).") +
         " acc = 7-class tile accuracy; P/R/F1 = macro over the 7 classes; defect F1 = normal vs defect. "
@@ -259,7 +264,8 @@ def markdown(rows: dict, lat: dict, best: dict, args, train_seconds: float, ship
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, ms in rows.items():
-        label = "teacher (Lite2)" if n == "teacher" else f"{VARIANTS[n][0]} (Lite0)"
+        label = f"teacher ({arch_name(tcfg.model)})" if n == "teacher" \
+            else f"{VARIANTS[n][0]} ({arch_name(scfg.model)})"
         la = lat[n]
         lines.append(
             f"| {label} | {ms[0]['params'] / 1e6:.2f} M | {ms[0]['macs'] / 1e6:.0f} M | "
@@ -267,11 +273,13 @@ def markdown(rows: dict, lat: dict, best: dict, args, train_seconds: float, ship
             f"{fmt([m['accuracy'] for m in ms])} | {fmt([m['macro_precision'] for m in ms])} | "
             f"{fmt([m['macro_recall'] for m in ms])} | {fmt([m['macro_f1'] for m in ms])} | "
             f"{fmt([m['defect']['f1'] for m in ms])} |")
-    lines += ["", "Compute budget (a 2-core CPU shared with ~6 other jobs): teacher 400 steps of 32 tiles "
-              "(about 1 epoch), stem + first 3 stages frozen; students: the schedule of "
-              "config/train/deeppcb_student.yaml (150 steps of 32 tiles unless --steps, about 0.4 epoch), "
-              "stem + first 4 stages frozen, the same for every method. The papers train for tens to "
-              "hundreds of epochs: these numbers show the toolkit end to end on a very short schedule, "
+    t_steps, s_steps = args.teacher_steps or tcfg.steps, args.steps or scfg.steps
+    lines += ["", f"Compute budget (a shared 2-core CPU): teacher {t_steps} steps of {tcfg.batch_size} "
+              "tiles, "
+              f"stem + first {tcfg.freeze_stages} stages frozen ({args.teacher_config.name}); students "
+              f"{s_steps} steps of {scfg.batch_size} tiles, stem + first {scfg.freeze_stages} stages frozen "
+              f"({args.student_config.name}), the same for every method. The papers train for tens to "
+              "hundreds of epochs: these numbers show the toolkit end to end on a short CPU schedule, "
               "not the methods' ceiling.", "", "Targets (from the paper, SBD-Net):", ""]
     tacc = t["accuracy"] * 100
     if "simkd" in rows:

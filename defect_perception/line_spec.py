@@ -10,10 +10,16 @@ namespace and parameters come from the ROS arguments) and `main()`, and ends wit
 (`--params-file` works as is); plain `camera:` keys in users' files are accepted too. The
 tools here rewrite the sections to fully qualified names (`/line/camera:`) before handing
 them over, so two lines in different namespaces never pick up each other's sections.
+
+Every value, from the file and from `-p`, is checked against the parameters the node declares
+(its ParamSpec table) and fitted to their types before anything starts: rcl itself would make
+the node exit on `uri: 0` for a string or `fps: 5` for a double, and would ignore a misspelt
+name without a word.
 """
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,7 +30,7 @@ import yaml
 
 from defect_perception.core.paths import resolve
 from defect_perception.core.yaml_file import read_yaml_mapping
-from defect_perception.launcher.values import ParamValueError, normalise_list, parse_value
+from defect_perception.launcher.values import ParamValueError, coerce_to, normalise_list, parse_value
 
 PACKAGE = "defect_perception"
 DEFAULT_NAMESPACE = "/line"
@@ -134,13 +140,34 @@ def check_namespace(ns: str) -> str:
 def read_params_file(path: str | Path, namespace: str = DEFAULT_NAMESPACE) -> dict[str, dict[str, Any]]:
     """node name -> flat parameters from a ROS 2 parameter YAML. Keys may be `camera`,
     `/**/camera`, `<namespace>/camera`, or `/**` (applies to every node)."""
+    doc = _read_sections(path, namespace)
+    out = {name: dict(values) for name, values in doc.nodes.items()}
+    for name in list(out) + [n.name for n in NODES]:
+        out[name] = {**doc.common, **out.get(name, {})}
+    return out
+
+
+@dataclass
+class _ParamsDoc:
+    """A parameter file as sections: `nodes[node][name]` (node sections merged), `common`
+    (the `/**` section), `origin[(node, name)]` / `common_origin[name]` = the section key a
+    value came from, `texts[(section key, name)]` = a plain scalar as written in the file."""
+
+    path: Path
+    nodes: dict[str, dict[str, Any]]
+    common: dict[str, Any]
+    origin: dict[tuple[str, str], str]
+    common_origin: dict[str, str]
+    texts: dict[tuple[str, str], str]
+
+
+def _read_sections(path: str | Path, namespace: str) -> _ParamsDoc:
     p = resolve(path)
     if not p.is_file():
         raise LineSpecError(f"parameter file {p} does not exist")
     doc = read_yaml_mapping(p, "parameter file", LineSpecError)
     ns = namespace.rstrip("/")
-    out: dict[str, dict[str, Any]] = {}
-    common: dict[str, Any] = {}
+    out = _ParamsDoc(p, {}, {}, {}, {}, _scalar_texts(p))
     for key, section in doc.items():
         key = str(key)
         if not isinstance(section, dict) or not isinstance(section.get("ros__parameters", {}), dict) \
@@ -148,7 +175,8 @@ def read_params_file(path: str | Path, namespace: str = DEFAULT_NAMESPACE) -> di
             raise LineSpecError(f"parameter file {p}: section {key!r} needs a 'ros__parameters:' mapping")
         flat = _flatten(section["ros__parameters"])
         if key in ("/**", "**"):
-            common.update(flat)
+            out.common.update(flat)
+            out.common_origin.update(dict.fromkeys(flat, key))
             continue
         name = key
         for prefix in ("/**/", ns + "/" if ns else "/"):
@@ -158,10 +186,34 @@ def read_params_file(path: str | Path, namespace: str = DEFAULT_NAMESPACE) -> di
         if "/" in name or "*" in name:
             raise LineSpecError(f"parameter file {p}: section {key!r} is not a node of namespace "
                                 f"{namespace!r} (use the node name, e.g. 'camera:')")
-        out.setdefault(name, {}).update(flat)
-    for name in list(out) + [n.name for n in NODES]:
-        out[name] = {**common, **out.get(name, {})}
+        out.nodes.setdefault(name, {}).update(flat)
+        out.origin.update({(name, k): key for k in flat})
     return out
+
+
+def _scalar_texts(path: Path) -> dict[tuple[str, str], str]:
+    """(section key, flat name) -> the text of each unquoted scalar value, as written (`uri: 0`
+    gives "0", `frame_id: 007` gives "007"): what a string parameter gets."""
+    try:
+        root = yaml.compose(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    texts: dict[tuple[str, str], str] = {}
+
+    def walk(node, section: str, prefix: str) -> None:
+        for k, v in node.value:
+            if isinstance(v, yaml.MappingNode):
+                walk(v, section, f"{prefix}{k.value}.")
+            elif isinstance(v, yaml.ScalarNode) and v.style is None:
+                texts[(section, f"{prefix}{k.value}")] = v.value
+
+    if isinstance(root, yaml.MappingNode):
+        for key, section in root.value:
+            if isinstance(section, yaml.MappingNode):
+                for k, v in section.value:
+                    if k.value == "ros__parameters" and isinstance(v, yaml.MappingNode):
+                        walk(v, str(key.value), "")
+    return texts
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -194,6 +246,91 @@ def _suggest(name: str, known: Iterable[str]) -> str:
     return f" (known: {', '.join(known)}{hint})"
 
 
+def _suggest_param(name: str, known: Iterable[str], listed: bool = True) -> str:
+    """The closest parameter names, else every name (`listed`) or a pointer to the tables."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3)
+    if close:
+        return f"; did you mean {' or '.join(map(repr, close))}? (all parameters: docs/parameters.md)"
+    return f" (it has: {', '.join(known)})" if listed else " (all parameters: docs/parameters.md)"
+
+
+# Parameters every rclpy node declares by itself (not in the nodes' ParamSpec tables).
+ROS_STANDARD_PARAMS = {"use_sim_time": "bool", "start_type_description_service": "bool"}
+ROS_STANDARD_PREFIXES = ("qos_overrides.",)
+
+
+@functools.cache
+def declared_params(node: str) -> dict[str, str] | None:
+    """name -> ROS type ("double", "string", "integer array", ...) of each parameter `node`
+    declares in its ParamSpec table (imports the node module, which does not import torch);
+    None when the module is not in this build or cannot be imported here (the node then
+    fails at its own start and says why)."""
+    spec = BY_NAME[node]
+    if not spec.available():
+        return None
+    try:
+        from defect_perception.launcher.param_docs import node_specs
+
+        specs = node_specs(spec)
+    except Exception:  # an import error is reported by the node itself when it starts
+        return None
+    if not specs:
+        return None
+    return {s.name: s.ptype().name.lower().replace("_", " ") for s in specs}
+
+
+def _typed(node: str, name: str, value: Any, text: str | None, where: str) -> Any:
+    """`value` as the type `node` declares for `name` (see launcher.values.coerce_to);
+    LineSpecError naming `where` (file and section, or the -p flag), the node, the parameter
+    and the value for an unknown name or a value that does not fit."""
+    declared = declared_params(node) if node in BY_NAME else None
+    if declared is None or name.startswith(ROS_STANDARD_PREFIXES):
+        return value
+    expected = declared.get(name) or ROS_STANDARD_PARAMS.get(name)
+    if expected is None:
+        raise LineSpecError(f"{where}: node {node} has no parameter {name!r}{_suggest_param(name, declared)}")
+    try:
+        return coerce_to(value, expected, text)
+    except ParamValueError as e:
+        raise LineSpecError(f"{where}: {node} parameter {name!r} {e}") from None
+
+
+def _file_params(doc: _ParamsDoc, notes: list[str]) -> dict[str, dict[str, Any]]:
+    """Each node's parameters from the file, checked and typed: the `/**` values the node
+    declares, then its own section. A `/**` name no node declares is an error; a section
+    that names no node of the line is kept (ignored) with a note."""
+    def where(section: str) -> str:
+        return f"parameter file {doc.path}, section {section!r}"
+
+    declared = {n.name: d for n in NODES if (d := declared_params(n.name)) is not None}
+    for name, section in doc.common_origin.items():
+        if declared and not name.startswith(ROS_STANDARD_PREFIXES) and name not in ROS_STANDARD_PARAMS \
+                and not any(name in d for d in declared.values()):
+            every = {k for d in declared.values() for k in d}
+            raise LineSpecError(f"{where(section)}: no node of the line has a parameter {name!r}"
+                                f"{_suggest_param(name, every, listed=False)}")
+    params: dict[str, dict[str, Any]] = {}
+    for node in [n.name for n in NODES] + [n for n in doc.nodes if n not in BY_NAME]:
+        mine = declared.get(node)
+        merged: dict[str, Any] = {}
+        for name, value in doc.common.items():
+            if mine is None or name in mine or name in ROS_STANDARD_PARAMS or \
+                    name.startswith(ROS_STANDARD_PREFIXES):
+                section = doc.common_origin[name]
+                merged[name] = _typed(node, name, value, doc.texts.get((section, name)), where(section))
+        for name, value in doc.nodes.get(node, {}).items():
+            section = doc.origin[(node, name)]
+            merged[name] = _typed(node, name, value, doc.texts.get((section, name)), where(section))
+        params[node] = merged
+    for node in doc.nodes:
+        if node not in BY_NAME:
+            sections = sorted({s for (n, _), s in doc.origin.items() if n == node})
+            notes.append(f"parameter file {doc.path}: section {', '.join(map(repr, sections))} matches no "
+                         f"node of the line{_suggest(node, BY_NAME)}; ignored")
+    return params
+
+
 def plan_line(config: str | Path | None = None, namespace: str | None = None,
               nodes: Iterable[str] | None = None, overrides: Iterable[str] = (),
               extra: dict[str, dict[str, Any]] | None = None) -> LinePlan:
@@ -206,16 +343,18 @@ def plan_line(config: str | Path | None = None, namespace: str | None = None,
     """
     ns = check_namespace(namespace or DEFAULT_NAMESPACE)
     config_path = resolve(config or DEFAULT_PARAMS_FILE).absolute()
-    params = read_params_file(config_path, ns)
+    notes: list[str] = []
+    # every value is checked against the parameters the node declares and fitted to their
+    # types here: rcl refuses `uri: 0` for a string or `fps: 5` for a double at node start
+    params = _file_params(_read_sections(config_path, ns), notes)
     for node, values in (extra or {}).items():
-        params.setdefault(node, {}).update(values)
+        for name, value in values.items():
+            params.setdefault(node, {})[name] = _typed(node, name, value, None, "set by the launcher")
     overrides = list(overrides)
     for text in overrides:
         node, name, value = parse_override(text)
-        current = params.setdefault(node, {}).get(name)
-        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)  # `-p camera.fps=10` for a double parameter, as the file declares it
-        params[node][name] = value
+        typed = text.partition("=")[2].strip()  # `-p camera.uri=0`: a string parameter gets "0"
+        params.setdefault(node, {})[name] = _typed(node, name, value, typed, f"--param {text!r}")
 
     explicit = nodes is not None
     wanted = [n.strip() for n in (nodes or []) if n.strip()] if explicit else \
@@ -248,7 +387,6 @@ def plan_line(config: str | Path | None = None, namespace: str | None = None,
     if "camera" in running and "camera.wait_subscribers" not in user_set:
         # the first frame waits until every image consumer started here is connected
         params["camera"]["wait_subscribers"] = sum(n in running for n in IMAGE_CONSUMERS)
-    notes: list[str] = []
     sources = params.get("sorter", {}).get("sources")
     trim = "sorter" in running and not explicit and "sorter.sources" not in user_set
     if trim and isinstance(sources, list):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import time
 
 import pytest
 
-from defect_perception.actuation.base import ActuatorOptions
+from defect_perception.actuation.base import ActuatorOptions, LogThrottle
 from defect_perception.actuation.config import ActuatorConfigError, build_plc_actuators, check_entries
 from defect_perception.actuation.modbus import ModbusActuator
 from defect_perception.actuation.plc_sim import PlcSimulator
@@ -248,3 +249,76 @@ def test_plc_sim_retained_counter_ignores_resend_after_crash(tmp_path):
         plc.close()
         assert [p.stamp_ns for p in parts] == [T0] * expected
         assert resends == (1 if retain else 0)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_log_throttle_holds_back_counts_and_ends_on_the_latest_state():
+    clock, lines = _Clock(), []
+    th = LogThrottle(lambda level, text: lines.append((level, text)), interval_s=10.0, burst=2, clock=clock)
+    for text, level in (("lost 1", "warning"), ("up 1", "info"), ("lost 2", "warning"), ("up 2", "info")):
+        th("state", level, text)
+    th("queue", "error", "evicted part 7")  # another kind has its own limit
+    assert lines == [("warning", "lost 1"), ("info", "up 1"), ("error", "evicted part 7")]
+    th.flush()
+    assert len(lines) == 3  # still no room
+    clock.t = 10.5
+    th.flush()
+    assert lines[-1] == ("warning", "up 2 (1 earlier message(s) of this kind not logged: at most 2 per 10 s)")
+    th("state", "info", "up 3")
+    th("state", "warning", "lost 3")  # over the limit again: held ...
+    th.flush(force=True)  # ... and written at shutdown, never dropped
+    assert lines[-2:] == [("info", "up 3"), ("warning", "lost 3")]
+
+
+def _held(text: str) -> int:
+    m = re.search(r"\((\d+) earlier message", text)
+    return int(m.group(1)) if m else 0
+
+
+def test_state_changes_are_logged_naming_the_plc_and_rate_limited(tmp_path):
+    """A PLC unreachable from the start used to leave no log line at all, and the
+    "connected after" line went to a logger without a handler."""
+    port = _free_port()
+    plc = Plc(port)
+    logs: list[tuple[str, str]] = []
+    act = ModbusActuator(_opts(tmp_path, log_interval_ms=4000), port=port,
+                         on_log=lambda level, text: logs.append((level, text)))
+    act.start()
+    try:
+        act.submit(Command(stamp_ns=T0, action="reject", bin=1))
+        assert _wait(lambda: act.status()["connect_failures"] >= 3), act.status()
+        assert len(logs) == 1, logs  # one line for the whole outage, not one per attempt
+        level, text = logs[0]
+        assert level == "warning" and text.startswith("plc: unreachable at start: ")
+        assert f"Modbus PLC 127.0.0.1:{port} (device 1): connection refused or unreachable" in text
+        assert f"127.0.0.1:{port}" in act.status()["last_error"]
+        plc.start()
+        assert _wait(lambda: len(plc.parts()) == 1 and len(logs) == 2), logs
+        assert logs[1][0] == "info"
+        assert f"plc: connected to Modbus PLC 127.0.0.1:{port} (device 1) after " in logs[1][1]
+        assert "unreachable since start" in logs[1][1] and "delivering 1 queued" in logs[1][1]
+
+        # a flapping PLC: 3 restarts = 6 state changes inside one log interval
+        for i in range(1, 4):
+            plc.stop()
+            act.submit(Command(stamp_ns=T0 + i, action="pass"))
+            assert _wait(lambda: not act.status()["connected"]), act.status()
+            plc.start()
+            assert _wait(lambda n=i + 1: len(plc.parts()) == n), act.status()
+        flapping = len(logs) - 2
+        assert _wait(lambda: "not logged" in logs[-1][1], 8), logs  # the held-back line comes later
+    finally:
+        act.close()
+        plc.close()
+    state = [t for _, t in logs[2:]]
+    assert flapping < 6 and len(state) < 6, state  # rate-limited (3 per 4 s)
+    assert sum(1 + _held(t) for t in state) == 6, state  # ... and every change is accounted for
+    assert "connection lost" in state[0] and f"127.0.0.1:{port}" in state[0]
+    assert state[-1].startswith("plc: connected to Modbus PLC") and "after" in state[-1]

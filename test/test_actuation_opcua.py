@@ -226,3 +226,29 @@ def test_opcua_config_errors_name_the_field(tmp_path):
     with pytest.raises(ActuatorError, match="policy='Basic128'"):
         OpcUaSecurity(policy="Basic128").check("security")
     assert datetime  # noqa: B018  (imported for cert validity arithmetic in future tests)
+
+
+def test_opcua_unreachable_at_start_and_connect_are_logged_with_the_url(tmp_path):
+    async def main():
+        plc = UaPlc()  # its port is chosen, the server is not up yet
+        logs = []
+        ids = {k: f"ns=2;s=Vision.{n}" for k, n in (("result_code", "ResultCode"), ("counter", "Counter"),
+                                                     ("ack", "Ack"), ("reject", "Reject"))}
+        act = OpcUaActuator(_opts(tmp_path, connect_timeout_ms=500), plc.url, ids,
+                            on_log=lambda level, text: logs.append((level, text)))
+        act.start()
+        try:
+            act.submit(Command(stamp_ns=7, action="reject", bin=1))
+            assert await _wait(lambda: act.status()["connect_failures"] >= 2), act.status()
+            assert len(logs) == 1 and logs[0][0] == "warning", logs
+            assert logs[0][1].startswith(f"ua: unreachable at start: OPC UA {plc.url}")
+            await plc.start()
+            assert plc.idx == 2
+            assert await _wait(lambda: len(plc.parts) == 1 and len(logs) == 2, 20), (act.status(), logs)
+        finally:
+            act.close()
+            await plc.stop()
+        assert logs[1][0] == "info" and logs[1][1].startswith(f"ua: connected to OPC UA {plc.url} after ")
+        assert "delivering 1 queued" in logs[1][1]
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -71,3 +71,32 @@ def test_audit_command_prints_shift_summary(tmp_path, capsys):
     assert parse_since("2026-11-22T06:00") == int(time.mktime((2026, 11, 22, 6, 0, 0, 0, 0, -1)) * 1e9)
     with pytest.raises(AuditError, match="not found"):
         summary(tmp_path / "missing.sqlite")
+
+
+def test_replayed_stamp_is_counted_and_both_decisions_are_committed(tmp_path):
+    """Replaying the same stamps into an existing audit file used to keep the old decision and
+    drop the new one silently (INSERT OR IGNORE). Both are on disk now, and the caller is told."""
+    db = tmp_path / "audit.sqlite"
+    _fill(db, 3)
+    log = AuditLog(db)
+    f = Fuser(FusionConfig(sources=("inspector",), window_ms=10))
+    d = f.on_result("inspector", make_result(stamp_ns=T0, frame_id="camera", source="inspector",
+                                             verdict="pass", label="ok", score=0.6), T0)
+    first = log.record_decision(d.to_result(), action=d.action, reason_code=d.reason_code,
+                                fail_safe=d.fail_safe, sources=d.sources_summary())
+    fresh = f.on_result("inspector", make_result(stamp_ns=T0 + 10**9, frame_id="camera", source="inspector",
+                                                 verdict="pass"), T0)
+    new = log.record_decision(fresh.to_result(), action=fresh.action, reason_code=fresh.reason_code,
+                              fail_safe=fresh.fail_safe, sources=fresh.sources_summary())
+    log.close()
+    assert first is False and new is True and log.duplicates == 1
+    con = sqlite3.connect(db)
+    kept = con.execute("SELECT verdict FROM decisions WHERE stamp_ns=?", (T0,)).fetchone()[0]
+    dup = con.execute("SELECT verdict, label FROM duplicate_decisions WHERE stamp_ns=?", (T0,)).fetchall()
+    con.close()
+    assert kept == "reject" and dup == [("pass", "ok")]  # first decision kept, the replayed one stored too
+    s = summary(db)
+    assert s["decisions"] == 4 and s["duplicates"] == 1
+    from defect_perception.core.audit import format_summary
+
+    assert "already logged (replays): 1" in format_summary(s)

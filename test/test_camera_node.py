@@ -245,3 +245,56 @@ def test_missing_bag_fails_at_start_naming_it(tmp_path):
         err = proc.stderr.read()
     assert rc != 0
     assert str(missing) in err and "does not exist" in err
+
+
+CRASHING_CAMERA = """
+import sys
+
+from defect_perception.nodes import camera
+from defect_perception.sources.synthetic import SyntheticSource
+
+_read, _calls = SyntheticSource.read, [0]
+
+
+def read(self):  # a driver bug: the 4th read raises something no one expects
+    _calls[0] += 1
+    if _calls[0] == 4:
+        raise ZeroDivisionError("simulated driver bug")
+    return _read(self)
+
+
+SyntheticSource.read = read
+sys.exit(camera.main())
+"""
+
+
+def test_crashed_frame_thread_is_an_error_not_a_healthy_idle_camera(probe_factory, tmp_path):
+    """The frame thread used to die while the node stayed up reporting `ok`."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    script = tmp_path / "crashing_camera.py"
+    script.write_text(CRASHING_CAMERA)
+    probe = probe_factory("/cam7")
+    diags: list = []
+    probe.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.extend(
+        s for s in m.status if s.name == "/cam7/camera"), 50)
+    args = ["-r", "__ns:=/cam7", "-p", "fps:=20.0", "-p", "width:=64", "-p", "height:=64",
+            "-p", "wait_subscribers:=1"]
+    proc = subprocess.Popen([sys.executable, str(script), "--ros-args", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert probe.spin_until(lambda: proc.poll() is not None, 30), "the camera did not exit"
+        probe.spin_until(lambda: any(s["event"] == "error" for s in probe.status), 3)
+        rc = proc.returncode
+    finally:
+        stop(proc, timeout=10)
+        out, err = proc.communicate()
+    assert rc == 1, err  # a supervisor / the launcher sees a dead camera
+    assert len(probe.images) == 3
+    assert "camera frame thread crashed after 3 frames" in err
+    assert "ZeroDivisionError: simulated driver bug" in err
+    assert "Traceback" in err and "exit code 1" in err
+    errors = [d for d in diags if d.level == DiagnosticStatus.ERROR]
+    assert errors and "frame thread crashed: ZeroDivisionError: simulated driver bug" in errors[0].message, \
+        [(d.level, d.message) for d in diags]
+    assert {"event": "error", "error": "ZeroDivisionError: simulated driver bug", "frames": 3} in probe.status

@@ -136,3 +136,35 @@ def test_flush_decides_everything_pending():
     out = f.flush()
     assert [d.stamp_ns for d in out] == [T0 + i for i in range(5)] and f.pending == 0
     assert all(d.fail_safe and d.action == "reject" for d in out)
+
+
+def test_fail_safe_decision_carries_fail_safe_label_not_the_present_sources():
+    """`REJECT FAIL-SAFE  normal 0.147` read as if "normal" decided: a decision the fail-safe
+    made has label "fail-safe" and no score; the sources' own values stay in the audit details."""
+    f = Fuser(FusionConfig(window_ms=10))
+    f.on_result("anomaly", res("anomaly", T0, "pass", label="normal", score=0.147, anomaly_score=0.147), T0)
+    (d,) = f.poll(T0 + 10 * MS)
+    assert d.action == "reject" and d.decided_by_fail_safe
+    out = validate_result(d.to_result())
+    assert out["label"] == "fail-safe" and out["score"] is None
+    assert out["reason"].startswith("fail-safe reject: inspector result missing")
+    assert out["anomaly_score"] == 0.147  # the anomaly model's own number, under its own name
+    audit = d.sources_summary()
+    assert audit["anomaly"]["label"] == "normal" and audit["anomaly"]["score"] == 0.147
+    assert audit["inspector"] == {"missing": True}
+
+    # a source that rejected too: fail-safe label, but the reason still names the source's finding
+    box = {"box": [1.0, 2.0, 3.0, 4.0], "label": "short", "score": 0.8}
+    f.on_result("inspector", res("inspector", T0 + 1, "reject", detections=[box]), T0)
+    (d,) = f.poll(T0 + 11 * MS)
+    out = d.to_result()
+    assert out["label"] == "fail-safe" and out["score"] is None and out["detections"] == [box]
+    assert "anomaly result missing" in out["reason"] and "also inspector: reject short 0.900" in out["reason"]
+
+    # a source's reject that is more severe than the fail-safe decides: its label stays
+    f = Fuser(FusionConfig(window_ms=10, fail_safe="review"))
+    f.on_result("inspector", res("inspector", T0, "reject"), T0)
+    (d,) = f.poll(T0 + 10 * MS)
+    out = d.to_result()
+    assert d.fail_safe and not d.decided_by_fail_safe
+    assert out["label"] == "short" and out["score"] == 0.9 and "also anomaly result missing" in out["reason"]

@@ -384,3 +384,43 @@ def test_template_model_uses_the_template_parameter(line, tmp_path):
     assert ln.set_params(template=str(tmp_path / "board.png"))[0].successful
     r = ln.result_for(ln.publish(gray(0, 64, 64), "mono8"))
     assert r["reason"] is None and r["detections"]
+
+
+class _LogSpy:
+    """Wraps a node's rclpy logger and keeps the error lines (not forwarded: rclpy keys its
+    throttle/once filters by call site, which a forwarding wrapper would merge)."""
+
+    def __init__(self, real):
+        self.real, self.errors = real, []
+
+    def error(self, msg, **kw):
+        self.errors.append(msg)
+        return True
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize("model, params, advice, not_advice", [
+    # TensorRT is not installed on this machine: the backend, not the model, is at fault
+    ("cls", {"backend": "tensorrt"}, "set the 'backend' parameter to auto or onnxruntime",
+     "'model' parameter"),
+    ("/nonexistent/model", {}, "set the 'model' parameter", "'backend' parameter"),
+])
+def test_load_error_advice_names_the_parameter_at_fault(line, monkeypatch, model, params, advice, not_advice):
+    from defect_perception.inference import tensorrt_backend
+
+    if params.get("backend") == "tensorrt" and tensorrt_backend.status()[0]:
+        pytest.skip("TensorRT usable here: backend tensorrt loads")
+    spies: dict = {}
+    real_get_logger = InspectorNode.get_logger
+    monkeypatch.setattr(InspectorNode, "get_logger",
+                        lambda self: spies.setdefault(id(self), _LogSpy(real_get_logger(self))))
+    ln = line(model, **params)
+    errors = [m for s in spies.values() for m in s.errors if "cannot load model" in m]
+    assert len(errors) == 1, errors
+    assert advice in errors[0] and not_advice not in errors[0]
+    if params:
+        assert "restart" in errors[0] and "BackendUnavailable" in errors[0]
+    r = ln.result_for(ln.publish(gray(0), "mono8"))
+    assert r["verdict"] == "reject" and "no model loaded" in r["reason"]

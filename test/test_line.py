@@ -96,12 +96,109 @@ def test_param_file_keys_are_rewritten_to_fully_qualified_names(tmp_path):
     params = read_params_file(p, "/cell2")
     assert params["camera"] == {"common": 1, "fps": 2.0}
     assert params["inspector"] == {"common": 1, "nested.a": 1}
+    p.write_text("/**:\n  ros__parameters:\n    use_sim_time: false\n"
+                 "/**/camera:\n  ros__parameters:\n    fps: 2.0\n"
+                 "/cell2/inspector:\n  ros__parameters:\n    queue_depth: 2\n")
     plan = plan_line(p, namespace="cell2", nodes=["camera"])
     assert list(plan.ros_params()) == ["/cell2/camera"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("camera:\n  fps: 2.0\n")
     with pytest.raises(LineSpecError, match="ros__parameters"):
         read_params_file(bad)
+
+
+def test_values_are_fitted_to_the_declared_parameter_types(tmp_path):
+    """`uri: 0` / `-p camera.uri=0` for a string and `fps: 5` for a double used to reach the node
+    as integers, which rcl refuses at start ("... of type 'INTEGER', expecting type 'STRING'")."""
+    p = tmp_path / "line.yaml"
+    p.write_text("/**/camera:\n  ros__parameters:\n    source: opencv\n    fps: 5\n    uri: 0\n"
+                 "    frame_id: 007\n    wait_timeout: 3\n"
+                 "/**/sorter:\n  ros__parameters:\n    sources: [inspector]\n    window_ms: 500\n"
+                 "/**/inspector:\n  ros__parameters:\n    roi: [0, 0, 10, 10]\n")
+    params = read_params_file(p)
+    assert params["camera"]["uri"] == 0 and params["camera"]["fps"] == 5  # the file as YAML reads it
+    plan = plan_line(p, nodes=["camera"])
+    cam = plan.params["camera"]
+    assert cam["uri"] == "0" and cam["frame_id"] == "007"  # the text as written, not int 7
+    assert cam["fps"] == 5.0 and type(cam["fps"]) is float and type(cam["wait_timeout"]) is float
+    written = yaml.safe_load(plan.write_params(tmp_path / "out.yaml").read_text())
+    assert written["/line/camera"]["ros__parameters"]["uri"] == "0"
+    everything = plan_line(p, overrides=["camera.uri=1", "camera.speed=2", "inspector.roi=[1, 2, 3, 4]",
+                                         "camera.frame_id=12.50", "camera.width=64.0"])
+    assert everything.params["camera"]["uri"] == "1"
+    assert everything.params["camera"]["frame_id"] == "12.50"  # the -p text, not 12.5
+    assert type(everything.params["camera"]["speed"]) is float
+    assert everything.params["camera"]["width"] == 64 and type(everything.params["camera"]["width"]) is int
+    from defect_perception.line_spec import declared_params
+    assert declared_params("inspector")["roi"] == "integer array"
+    # inspector is skipped here (no model) but its section is still checked and typed
+    assert read_params_file(p)["inspector"]["roi"] == [0, 0, 10, 10]
+
+
+@pytest.mark.parametrize("section, override, message", [
+    ("fps: fast", None,
+     r"section '/\*\*/camera': camera parameter 'fps' expects a double, got 'fast' \(string\)"),
+    ("restamp: 1", None, r"camera parameter 'restamp' expects a bool, got 1 \(integer\)"),
+    ("uri:", None, r"camera parameter 'uri' expects a string, got no value"),
+    (None, "camera.restamp=1",
+     r"--param 'camera.restamp=1': camera parameter 'restamp' expects a bool, got 1"),
+    (None, "camera.width=6.5", r"camera parameter 'width' expects an integer, got 6.5 \(double\)"),
+    (None, "sorter.sources=inspector", r"sorter parameter 'sources' expects a string array, got 'inspector'"),
+    (None, "inspector.roi=[a, b]", r"inspector parameter 'roi' expects an integer array, got \['a', 'b'\]"),
+])
+def test_value_of_the_wrong_type_names_file_node_parameter_value_and_type(tmp_path, section, override,
+                                                                          message):
+    p = tmp_path / "line.yaml"
+    p.write_text("/**/camera:\n  ros__parameters:\n    source: synthetic\n" +
+                 (f"    {section}\n" if section else ""))
+    with pytest.raises(LineSpecError, match=message) as e:
+        plan_line(p, nodes=["camera"], overrides=[override] if override else [])
+    if section:
+        assert f"parameter file {p}" in str(e.value)
+
+
+def test_misspelt_parameter_names_are_errors_naming_node_and_closest_names(tmp_path):
+    p = tmp_path / "line.yaml"
+    p.write_text("/**/camera:\n  ros__parameters:\n    fsp: 3.0\n")
+    with pytest.raises(LineSpecError) as e:
+        plan_line(p, nodes=["camera"])
+    assert f"parameter file {p}, section '/**/camera': node camera has no parameter 'fsp'" in str(e.value)
+    assert "did you mean 'fps'" in str(e.value)
+    p.write_text("/**/camera:\n  ros__parameters:\n    fps: 3.0\n")
+    with pytest.raises(LineSpecError) as e:
+        plan_line(p, nodes=["camera"], overrides=["camera.fsp=3"])
+    assert "--param 'camera.fsp=3': node camera has no parameter 'fsp'" in str(e.value)
+    assert "did you mean 'fps'" in str(e.value)
+    with pytest.raises(LineSpecError, match="node inspector has no parameter 'reject_treshold'.*"
+                                            "did you mean 'reject_threshold'"):
+        plan_line(p, overrides=["inspector.reject_treshold=0.7"])
+    # a section of a node that is skipped (no model) is checked all the same
+    p.write_text("/**/anomaly:\n  ros__parameters:\n    model: /no/model\n    image_treshold: 0.5\n")
+    with pytest.raises(LineSpecError, match="node anomaly has no parameter 'image_treshold'"):
+        plan_line(p)
+    # `/**` values go to the nodes that declare them; a name no node declares is an error
+    p.write_text("/**:\n  ros__parameters:\n    diagnostics_period: 2\n    use_sim_time: false\n"
+                 "/**/camera:\n  ros__parameters:\n    source: synthetic\n")
+    plan = plan_line(p, nodes=["camera"])
+    assert "diagnostics_period" not in plan.params["camera"]
+    assert plan.params["camera"]["use_sim_time"] is False
+    p.write_text("/**:\n  ros__parameters:\n    diagnostics_perod: 2\n")
+    with pytest.raises(LineSpecError, match=r"section '/\*\*': no node of the line has a parameter "
+                                            "'diagnostics_perod'; did you mean 'diagnostics_period'"):
+        plan_line(p, nodes=["camera"])
+    # a section for a node that is not part of the line (shared file): ignored, with a note
+    p.write_text("/**/camra:\n  ros__parameters:\n    fps: 3.0\n")
+    plan = plan_line(p, nodes=["camera"])
+    assert any("'/**/camra' matches no node" in n and "did you mean 'camera'" in n for n in plan.notes)
+
+
+def test_shipped_config_uses_only_declared_parameters_of_the_right_type():
+    from defect_perception.line_spec import declared_params
+
+    config = REPO / "config" / "line.yaml"
+    plan_line(config)  # raises on any unknown name or value that does not fit
+    for node, values in read_params_file(config).items():
+        assert set(values) <= set(declared_params(node)), node
 
 
 def test_tally_counts_verdicts_fail_safe_and_label_agreement():
@@ -245,3 +342,96 @@ def test_supervisor_escalates_to_sigterm_then_sigkill_and_prefixes_output(tmp_pa
     assert polite.returncode != 0 and polite.name not in escalated  # KeyboardInterrupt on SIGINT
     assert "[polite]" in out.getvalue() and "deaf did not stop in time: sending SIGKILL" in out.getvalue()
     assert not any(alive(c.pid) for c in sup.children)
+
+
+def test_docs_camera_uri_0_and_integer_fps_reach_the_camera_as_string_and_double(tmp_path):
+    """docs/quickstart.md `-p camera.uri=0`, with `fps: 5` in the file: the camera used to exit
+    with "... of type 'INTEGER', expecting type 'STRING'" before it ever tried the device."""
+    cfg = write_config(tmp_path, {"camera": {"source": "opencv", "fps": 5, "width": 64, "height": 64}})
+    with launcher("--config", str(cfg), "--namespace", "/t_line_uri0", "--nodes", "camera",
+                  "-p", "camera.uri=0") as proc:
+        deadline = time.monotonic() + 60
+        # no camera here: it fails to open device '0'; with a camera plugged in the line comes up
+        while proc.poll() is None and not any("line up:" in ln for ln in proc.lines):
+            assert time.monotonic() < deadline, "".join(proc.lines)
+            time.sleep(0.1)
+    out = "".join(proc.lines)
+    assert "expecting type" not in out, out
+    assert "cannot open device '0'" in out or "line up: /t_line_uri0/camera" in out, out
+
+
+def test_launcher_names_nodes_not_up_after_the_startup_timeout_and_keeps_waiting():
+    """The "still waiting for ..." warning sat in a branch that ran only once every node was up."""
+    with launcher("--namespace", "/t_line_wait", "--nodes", "camera", "--startup-timeout", "0.01",
+                  "-p", "camera.source=synthetic", "-p", "camera.fps=20.0", "-p", "camera.width=64",
+                  "-p", "camera.height=64") as proc:
+        deadline = time.monotonic() + 60
+        while not any("frame only" in ln for ln in proc.lines):  # waited, then came up and ran
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(proc.lines)
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0, "".join(proc.lines)
+    out = "".join(proc.lines)
+    waiting = [ln for ln in proc.lines if "still waiting for" in ln]
+    assert len(waiting) == 1, out
+    assert "still waiting for /t_line_wait/camera: not on the ROS graph after 0.01 s" in waiting[0]
+    assert out.index("still waiting for") < out.index("line up: /t_line_wait/camera"), out
+
+
+class _FakeMonitor:
+    """What Launcher._supervise asks the LineMonitor, for a line whose sorter never appears."""
+
+    def __init__(self, seen: set[str]):
+        self.seen = seen
+        self.released: list[tuple[str, str, object]] = []
+
+    def seen_nodes(self) -> set[str]:
+        return set(self.seen)
+
+    def matched(self) -> bool:
+        return True
+
+    def subscribers(self, _topic: str) -> int:
+        return 0
+
+    def set_param(self, node: str, name: str, value) -> None:
+        self.released.append((node, name, value))
+
+
+def test_launcher_warns_once_for_a_node_that_never_comes_up_and_still_releases_the_camera():
+    import argparse
+    import io
+    import threading
+
+    from defect_perception.commands.line import Launcher
+    from defect_perception.launcher.supervisor import Supervisor
+    from defect_perception.line_spec import BY_NAME, LinePlan
+
+    plan = LinePlan("/t_fake", REPO / "config" / "line.yaml", [BY_NAME["camera"], BY_NAME["sorter"]],
+                    {"camera": {"trigger_mode": "free"}, "sorter": {"sources": ["camera"]}})
+    args = argparse.Namespace(startup_timeout=0.3, no_gate=False, in_process=False, drain=0.1)
+    launcher_ = Launcher(plan, args)
+    out = io.StringIO()
+    launcher_.sup = Supervisor(out=out, colour=False)  # no children: poll() reports nothing
+    monitor = _FakeMonitor({"/t_fake/camera"})
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(launcher_._supervise(monitor)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not monitor.released:
+        assert time.monotonic() < deadline, out.getvalue()
+        time.sleep(0.02)
+    time.sleep(0.5)  # it keeps waiting: no second warning, no exit
+    assert thread.is_alive() and out.getvalue().count("still waiting for") == 1, out.getvalue()
+    monitor.seen.add("/t_fake/sorter")
+    while "line up:" not in out.getvalue():
+        assert time.monotonic() < deadline, out.getvalue()
+        time.sleep(0.02)
+    launcher_.stop.set()
+    thread.join(timeout=5)
+    text = out.getvalue()
+    assert result == [0], text
+    assert "still waiting for /t_fake/sorter: not on the ROS graph after 0.3 s" in text
+    assert "/t_fake/camera" not in text.split("still waiting for", 1)[1].split("\n", 1)[0]
+    assert monitor.released == [("/t_fake/camera", "trigger_mode", "free")]
+    assert text.index("still waiting") < text.index("camera released") < text.index("line up:")

@@ -42,6 +42,7 @@ def test_list_get_describe_and_errors(camera):
         "out_of_range": cli("set", "camera", "fps", "99999"),
         "read_only": cli("set", "camera", "source", "folder"),
         "bad_choice": cli("set", "camera", "pacing", "sometimes"),
+        "wrong_type": cli("set", "camera", "fps", "fast"),
         "unknown_param": cli("get", "camera", "fsp"),
         "unknown_node": cli("get", "camra", "fps", "--timeout", "8"),
         "nodes": cli("list", "--timeout", "8"),
@@ -60,6 +61,8 @@ def test_list_get_describe_and_errors(camera):
     assert code == 1 and "read-only" in err
     code, _, err = r["bad_choice"]
     assert code == 1 and "'sometimes' is not one of" in err  # the node's own reason
+    code, _, err = r["wrong_type"]  # was "Wrong parameter type, expected '3' got '4'"
+    assert code == 1 and "refused fps=fast: wrong type, expected double, got string" in err, err
     code, _, err = r["unknown_param"]
     assert code == 1 and "no parameter 'fsp'" in err and "did you mean fps" in err
     code, out, err = r["nodes"]
@@ -79,3 +82,21 @@ def test_set_then_get_round_trip(camera):
 def test_value_that_is_not_a_parameter_value_is_a_usage_error():
     code, _, err = done(cli("set", "camera", "fps", "{a: 1}"))
     assert code == 2 and "not a parameter type" in err
+
+
+def test_rclpy_type_errors_are_shown_with_type_names():
+    from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+
+    from defect_perception.commands.param import readable_reason, type_mismatch
+
+    assert readable_reason("Wrong parameter type, expected '3' got '4'") == \
+        "wrong type, expected double, got string"
+    assert readable_reason("Wrong parameter type, expected 'Type.INTEGER' got 'Type.BOOL'") == \
+        "wrong type, expected integer, got bool"
+    assert readable_reason("Parameter fps out of range") == "Parameter fps out of range"
+    double = ParameterDescriptor(type=ParameterType.PARAMETER_DOUBLE)
+    assert type_mismatch("fast", double) == "wrong type, expected double, got string"
+    assert type_mismatch(12.0, double) is None
+    ints = ParameterDescriptor(type=ParameterType.PARAMETER_INTEGER_ARRAY)
+    assert type_mismatch([1, 2], ints) is None and type_mismatch([], ints) is None
+    assert type_mismatch(["a"], ints) == "wrong type, expected integer array, got string array"

@@ -23,6 +23,7 @@ from defect_perception.core.result import dumps, make_result
 
 pytest.importorskip("rclpy")
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -255,6 +256,122 @@ def test_parameters_validated_live(tmp_path, ros_context):
         node.set_parameters([Parameter("conveyor_speed_mm_s", value=500.0),
                              Parameter("reject_distance_mm", value=400.0)])
         assert node.fuser.config.window_ms == pytest.approx(780.0)  # 800 ms travel - 20 ms margin
+        # conveyor numbers that leave no time to decide: refused to the caller, not accepted and
+        # then ignored with a log line only the sorter's console shows
+        r = node.set_parameters([Parameter("reject_distance_mm", value=5.0)])[0]
+        assert not r.successful and "no time to decide" in r.reason
+        assert "conveyor_speed_mm_s=500, reject_distance_mm=5, actuation_margin_ms=20" in r.reason
+        r = node.set_parameters([Parameter("actuation_margin_ms", value=900.0)])[0]
+        assert not r.successful and "actuation margin 900" in r.reason
+        assert node.p["reject_distance_mm"] == 400.0 and node.p["actuation_margin_ms"] == 20.0
+        assert node.fuser.config.window_ms == pytest.approx(780.0)
+        ok = node.set_parameters_atomically([Parameter("conveyor_speed_mm_s", value=1000.0),
+                                             Parameter("actuation_margin_ms", value=100.0)])
+        assert ok.successful and node.fuser.config.window_ms == pytest.approx(300.0)
     finally:
         node.close()
         node.destroy_node()
+
+
+def test_actuators_config_resolves_like_other_paths_and_missing_names_the_paths(tmp_path, ros_context,
+                                                                                monkeypatch):
+    from defect_perception.actuation.config import ActuatorConfigError
+    from defect_perception.core.paths import share_dir
+    from defect_perception.nodes.sorter import NODE_CLASS
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)  # not the checkout: config/actuators.yaml comes from the share directory
+    common = [Parameter("audit_db", value=str(tmp_path / "a.sqlite")),
+              Parameter("sources", value=["inspector"]), Parameter("queue_dir", value=str(tmp_path / "q"))]
+    node = NODE_CLASS(context=ros_context, parameter_overrides=[
+        *common, Parameter("actuators_config", value="config/actuators.yaml")])
+    try:
+        assert [(a.name, a.port) for a in node.actuators] == [("plc", 5020)]
+        assert node._actuators_path == share_dir() / "config/actuators.yaml"
+    finally:
+        node.close()
+        node.destroy_node()
+    (tmp_path / "a.sqlite").unlink()
+    with pytest.raises(ActuatorConfigError) as ei:
+        NODE_CLASS(context=ros_context, parameter_overrides=[
+            *common, Parameter("actuators_config", value="config/no_such_actuators.yaml")])
+    msg = str(ei.value)
+    assert "actuators_config='config/no_such_actuators.yaml': file not found" in msg
+    assert str(work / "config/no_such_actuators.yaml") in msg
+    assert str(share_dir() / "config/no_such_actuators.yaml") in msg
+    assert not (tmp_path / "a.sqlite").exists()  # refused before the audit log was created
+
+
+def test_replay_into_an_existing_audit_log_is_counted(tmp_path, ros_context):
+    from defect_perception.nodes.sorter import NODE_CLASS
+
+    db = tmp_path / "a.sqlite"
+    stamp = 1_763_800_000_000_000_000
+    for run in range(2):  # the same recording, twice into one audit file
+        node = NODE_CLASS(context=ros_context, parameter_overrides=[
+            Parameter("audit_db", value=str(db)), Parameter("sources", value=["inspector"])])
+        try:
+            result = make_result(stamp_ns=stamp, frame_id="camera", source="inspector",
+                                 verdict=("pass", "reject")[run])
+            node._on_result(String(data=dumps(result)), "inspector")
+            dups = node.diag.stats.counters.get("audit_duplicate_stamps", 0)
+        finally:
+            node.close()
+            node.destroy_node()
+        assert dups == run
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT verdict FROM decisions").fetchall() == [("pass",)]
+    assert con.execute("SELECT stamp_ns, verdict FROM duplicate_decisions").fetchall() == [(stamp, "reject")]
+    con.close()
+
+
+def test_plc_unreachable_at_start_evictions_and_reconnect_are_reported(tmp_path, ros_context):
+    """Real sorter process, PLC simulator started late, a queue of 2: the log names the PLC when
+    it is unreachable from the start and when it is back (with what was queued); an evicted
+    decision turns /diagnostics ERROR (it used to stay WARN) and is logged with its part."""
+    port = _free_port()
+    plc = Plc(port)
+    cfg = tmp_path / "actuators.yaml"
+    cfg.write_text(f"""actuators:
+  - {{type: modbus, name: plc, port: {port}, queue_capacity: 2, heartbeat_ms: 100, backoff_min_ms: 20,
+      backoff_max_ms: 100}}
+""")
+    proc = _sorter(tmp_path, "sources:=[inspector]", "window_ms:=2000.0", f"actuators_config:={cfg}")
+    feed = Feeder(ros_context)
+    diags: list[DiagnosticStatus] = []
+    feed.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.extend(
+        st for st in m.status if st.name == f"{NS}/sorter"), 50)
+    errors = lambda: [d for d in diags if d.level == DiagnosticStatus.ERROR]  # noqa: E731
+    try:
+        assert feed.wait_connected(), "sorter did not come up"
+        assert feed.spin_until(lambda: diags and diags[-1].level == DiagnosticStatus.WARN, 10), diags[-1:]
+        t = feed.now()
+        s = [t + i * 1_000_000 for i in range(3)]
+        for st, verdict in zip(s, ["pass", "pass", "reject"], strict=True):
+            feed.part(st)
+            feed.result("inspector", st, verdict)
+        assert feed.spin_until(lambda: len(feed.decisions) == 3, 10)
+        assert feed.spin_until(lambda: errors(), 10), [d.message for d in diags[-3:]]
+        plc.start()
+        assert feed.spin_until(lambda: len(plc.parts()) == 2, 15)
+    finally:
+        feed.close()
+        out = _stop(proc)
+        parts = plc.parts()
+        plc.close()
+    assert proc.returncode == 0, out
+    assert "plc (0 refused, 1 queued passes evicted)" in errors()[0].message
+    assert [p.stamp_ns for p in parts] == s[1:]  # the oldest pass was evicted to keep the reject
+    lines = out.splitlines()
+    unreachable = [ln for ln in lines if "unreachable at start" in ln]
+    assert len(unreachable) == 1 and "WARN" in unreachable[0], out
+    assert f"plc: unreachable at start: Modbus PLC 127.0.0.1:{port} (device 1)" in unreachable[0]
+    evicted = [ln for ln in lines if "evicted queued pass" in ln]
+    assert len(evicted) == 1 and "ERROR" in evicted[0] and f"part {s[0]}" in evicted[0], out
+    back = [ln for ln in lines if f"plc: connected to Modbus PLC 127.0.0.1:{port}" in ln]
+    assert len(back) == 1 and "unreachable since start; delivering 2 queued decision(s)" in back[0], out
+    con = sqlite3.connect(tmp_path / "audit.sqlite")
+    acks = con.execute("SELECT stamp_ns, status FROM acks ORDER BY id").fetchall()
+    con.close()
+    assert (s[0], "evicted") in acks and (s[1], "ack") in acks and (s[2], "ack") in acks

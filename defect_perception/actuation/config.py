@@ -7,7 +7,8 @@ actuators:
   - {type: robot, name: arm, bins: {reject: 1}, working_distance_m: 0.3, ack_topic: robot/ack}
 ```
 Common keys for modbus/opcua: queue_capacity, ack_timeout_ms, heartbeat_ms, connect_timeout_ms,
-backoff_min_ms, backoff_max_ms, bins ({action: bin}). Unknown keys are errors with a suggestion.
+backoff_min_ms, backoff_max_ms, log_interval_ms, bins ({action: bin}). Unknown keys are errors
+with a suggestion.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from defect_perception.actuation.base import AckCallback, ActuatorOptions, QueuedActuator
+from defect_perception.actuation.base import AckCallback, ActuatorOptions, LogCallback, QueuedActuator
 from defect_perception.actuation.robot import DEFAULT_BINS, RobotConfig
 from defect_perception.core.yaml_file import read_yaml_mapping
 
@@ -72,9 +73,10 @@ def check_entries(entries: list[dict], where: str = "actuators") -> list[dict]:
     return entries
 
 
-def build_plc_actuators(entries: list[dict], queue_dir: str | Path,
-                        on_ack: AckCallback | None = None) -> list[QueuedActuator]:
-    """Construct (not start) the Modbus / OPC UA actuators of the config."""
+def build_plc_actuators(entries: list[dict], queue_dir: str | Path, on_ack: AckCallback | None = None,
+                        on_log: LogCallback | None = None) -> list[QueuedActuator]:
+    """Construct (not start) the Modbus / OPC UA actuators of the config. `on_log(level, text)`
+    receives their state changes and queue/acknowledge problems (default: Python logging)."""
     from defect_perception.actuation.registers import RegisterMap
 
     out: list[QueuedActuator] = []
@@ -92,7 +94,7 @@ def build_plc_actuators(entries: list[dict], queue_dir: str | Path,
                 act = ModbusActuator(opts, host=e.get("host", "127.0.0.1"), port=int(e.get("port", 502)),
                                      device_id=int(e.get("device_id", 1)),
                                      registers=RegisterMap.from_dict(e.get("registers"), f"{name}.registers"),
-                                     on_ack=on_ack)
+                                     on_ack=on_ack, on_log=on_log)
             else:
                 from defect_perception.actuation.opcua import OpcUaActuator, OpcUaSecurity
 
@@ -101,7 +103,8 @@ def build_plc_actuators(entries: list[dict], queue_dir: str | Path,
                 bad = [k for k in sec if k not in allowed]
                 if bad:
                     raise ActuatorConfigError(f"{name}.security: unknown keys {bad} (allowed: {allowed})")
-                act = OpcUaActuator(opts, e["url"], e.get("nodes") or {}, OpcUaSecurity(**sec), on_ack=on_ack)
+                act = OpcUaActuator(opts, e["url"], e.get("nodes") or {}, OpcUaSecurity(**sec), on_ack=on_ack,
+                                    on_log=on_log)
         except ActuatorConfigError:
             raise
         except (ValueError, RuntimeError, TypeError) as err:

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from defect_perception.actuation.base import AckCallback, ActuatorError, ActuatorOptions, QueuedActuator
+from defect_perception.actuation.base import (
+    AckCallback,
+    ActuatorError,
+    ActuatorOptions,
+    LogCallback,
+    QueuedActuator,
+)
 from defect_perception.actuation.queue import Command
 from defect_perception.actuation.registers import RegisterMap, encode_block
 
@@ -19,8 +25,8 @@ class ModbusActuator(QueuedActuator):
 
     def __init__(self, opts: ActuatorOptions, host: str = "127.0.0.1", port: int = 502,
                  device_id: int = 1, registers: RegisterMap | None = None,
-                 on_ack: AckCallback | None = None):
-        super().__init__(opts, on_ack)
+                 on_ack: AckCallback | None = None, on_log: LogCallback | None = None):
+        super().__init__(opts, on_ack, on_log)
         self.host, self.port, self.device_id = host, int(port), int(device_id)
         self.map = registers or RegisterMap()
         self._client: AsyncModbusTcpClient | None = None

@@ -15,7 +15,13 @@ from pathlib import Path
 
 from asyncua import Client, ua
 
-from defect_perception.actuation.base import AckCallback, ActuatorError, ActuatorOptions, QueuedActuator
+from defect_perception.actuation.base import (
+    AckCallback,
+    ActuatorError,
+    ActuatorOptions,
+    LogCallback,
+    QueuedActuator,
+)
 from defect_perception.actuation.queue import Command
 from defect_perception.actuation.registers import RESULT_CODES
 
@@ -78,8 +84,9 @@ class OpcUaActuator(QueuedActuator):
     kind = "opcua"
 
     def __init__(self, opts: ActuatorOptions, url: str, nodes: dict[str, str],
-                 security: OpcUaSecurity | None = None, on_ack: AckCallback | None = None):
-        super().__init__(opts, on_ack)
+                 security: OpcUaSecurity | None = None, on_ack: AckCallback | None = None,
+                 on_log: LogCallback | None = None):
+        super().__init__(opts, on_ack, on_log)
         self.url = url
         missing = [k for k in REQUIRED_NODES if not nodes.get(k)]
         unknown = [k for k in nodes if k not in NODE_KEYS]
@@ -92,6 +99,10 @@ class OpcUaActuator(QueuedActuator):
         self._client: Client | None = None
         self._nodes: dict = {}
         self._types: dict[str, ua.VariantType] = {}
+
+    @property
+    def where(self) -> str:
+        return f"OPC UA {self.url}"
 
     async def _connect(self) -> None:
         self._client = client = await make_client(

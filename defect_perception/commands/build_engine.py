@@ -3,6 +3,11 @@
 Builds the TensorRT engine for a model once, on the target (Jetson or x86 + NVIDIA GPU),
 into the engine cache the inspector reads at launch; checks it against ONNX Runtime and
 prints the figures. MODEL is a model directory (model.json + model.onnx) or its ONNX file.
+
+Exit codes: 0 engine ready (built now, or cached and checked OK); 1 no usable engine: the
+new engine disagrees with ONNX Runtime (MISMATCH; it is not cached), the cache records that
+this model's engine failed its check (rerun with --force after changing precision or
+calibration images), or TensorRT/the GPU is missing; 2 bad options.
 """
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest batch the engine accepts (tiles per frame; default 16)")
     parser.add_argument("--cache-dir", help="engine cache folder (default $DEFECT_PERCEPTION_ENGINE_CACHE "
                         "or ~/.cache/defect_perception/engines)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if a matching engine is cached")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild even if a matching engine is cached or a previous build "
+                        "failed the ONNX Runtime check")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from defect_perception.core.model_card import ModelCardError, load_card
     from defect_perception.core.paths import resolve
     from defect_perception.inference import tensorrt_backend
+    from defect_perception.inference.engine_cache import EngineRejected
     from defect_perception.inference.errors import BackendUnavailable
 
     def say(msg: str) -> None:
@@ -63,8 +71,14 @@ def run(args: argparse.Namespace) -> int:
             card["_onnx"], card, precision=args.precision, calib_dir=args.calib_dir,
             workspace_mb=args.workspace, max_batch=args.max_batch,
             cache_root=Path(args.cache_dir) if args.cache_dir else None, force=args.force, log_fn=say)
+    except EngineRejected as e:
+        print(f"build-engine: no usable engine: {e}", file=sys.stderr)
+        return 1
     except (BackendUnavailable, ModelCardError, FileNotFoundError, ValueError) as e:
         print(f"build-engine: {e}", file=sys.stderr)
         return 1
+    if report and not report.get("ok"):  # never reached: a failed engine raises EngineRejected
+        print(f"build-engine: {engine} failed its ONNX Runtime check", file=sys.stderr)
+        return 1
     say(f"ready: {engine}")
-    return 0 if not report or report.get("ok") else 1
+    return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..training.cli_errors import ON_ERROR, ON_ERROR_HELP
     from ..training.detector.pipeline import STAGES
 
     parser.add_argument("--config", default="config/train/detector.yaml", help="YAML config")
@@ -21,17 +22,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--data", help="DeepPCB folder (default ../shared/datasets/deeppcb)")
+    parser.add_argument("--on-error", choices=ON_ERROR, help=ON_ERROR_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from ..training.detector.pipeline import STAGES, load_config, load_data, run_stage
+    from ..training.cli_errors import usage_error
+    from ..training.detector.pipeline import STAGES, check_config, load_config, load_data, run_stage
 
     over: dict = {"train": {"threads": args.threads}}
     if args.data:
         over["data"] = {"root": args.data}
-    cfg = load_config(args.config, over)
-    data = load_data(cfg, need_test=False)
+    if args.on_error:
+        over.setdefault("data", {})["on_error"] = args.on_error
+    try:  # bad config or dataset file: one line naming the file (and line), exit 2
+        cfg = load_config(args.config, over)
+        check_config(cfg)
+        data = load_data(cfg, need_test=False)
+    except (OSError, ValueError) as e:  # DatasetError is a ValueError
+        return usage_error("compress-detector", e)
     work = Path(args.work)
     for stage in STAGES if args.stage == "all" else (args.stage,):
         print(f"{stage}: {run_stage(stage, cfg, data, work, work / 'img')}")

@@ -184,6 +184,7 @@ class Launcher:
         t0 = time.monotonic()
         expected = {self.plan.fqn(n) for n in self.plan.names}
         up = warned = False
+        seen: set[str] = set()
         while not self.stop.is_set():
             for c in self.sup.poll():
                 finite_end = c.returncode == 0 and c.name in ("camera", IN_PROCESS)
@@ -199,20 +200,23 @@ class Launcher:
                          f"{time.monotonic() - c.started:.1f} s); its last output:\n{tail}")
                 self.log("stopping the other nodes")
                 return 1
+            late = time.monotonic() - t0 > args.startup_timeout
             if not up:
-                missing = expected - monitor.seen_nodes()
+                seen = monitor.seen_nodes()
+                missing = expected - seen
                 if not missing:
                     up = True
                     self.log(f"line up: {', '.join(sorted(expected))} ({time.monotonic() - t0:.1f} s)")
-            elif self.gate:
+                elif late and not warned:
+                    warned = True  # once; "line up" follows if they appear later
+                    self.log(_still_waiting(missing, args.startup_timeout))
+            # the camera is released once the line is up, or after --startup-timeout when the
+            # camera itself is up but another node is not (the gate then warns as well)
+            if self.gate and (up or (late and self.plan.fqn("camera") in seen)):
                 error = self._open_gate(monitor, t0)
                 if error:
                     self.log(f"cannot start the camera: {error}")
                     return 1
-                elif not warned and time.monotonic() - t0 > args.startup_timeout:
-                    warned = True
-                    self.log(f"still waiting for {', '.join(sorted(missing))} "
-                             f"after {args.startup_timeout:.0f} s")
             self.stop.wait(0.1)
         self.log(f"{self.signal_name or 'stop'} received: stopping the line")
         return 0
@@ -243,6 +247,16 @@ class Launcher:
             if isinstance(frames, int) and monitor.decided() >= frames:
                 break
             time.sleep(0.05)
+
+
+def _still_waiting(missing: set[str], timeout: float) -> str:
+    """The warning for nodes that are not on the ROS graph after --startup-timeout (their
+    processes still run: a slow start, e.g. a TensorRT engine build, or a discovery problem)."""
+    names = ", ".join(sorted(missing))
+    it = "it is" if len(missing) == 1 else "they are"
+    return (f"still waiting for {names}: not on the ROS graph after {timeout:g} s (--startup-timeout); "
+            f"{it} still starting, the line keeps waiting (a slow start such as a TensorRT engine build, "
+            "or DDS discovery: see docs/troubleshooting.md)")
 
 
 def _culprit(child) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
 import threading
 from typing import Any
@@ -64,6 +65,38 @@ def coerce(value: Any, ptype: int) -> Any:
     if ptype == T.PARAMETER_STRING_ARRAY and isinstance(value, list):
         return [v if isinstance(v, str) else format_value(v) for v in value]
     return value
+
+
+def type_mismatch(value: Any, desc) -> str | None:
+    """`wrong type, expected double, got string` when `value` (after `coerce`) cannot be set on a
+    parameter with descriptor `desc`; None when the type fits or the node decides."""
+    from rcl_interfaces.msg import ParameterType as T
+
+    from defect_perception.launcher.remote_params import TYPE_NAMES
+    from defect_perception.launcher.values import type_of
+
+    expected = TYPE_NAMES.get(desc.type)
+    if desc.dynamic_typing or desc.type in (T.PARAMETER_NOT_SET, T.PARAMETER_BYTE_ARRAY) or expected is None:
+        return None
+    got = type_of(value)
+    if got == expected or (got == "empty list" and expected.endswith(" array")):
+        return None
+    return f"wrong type, expected {expected}, got {got}"
+
+
+_RCL_TYPE_ERROR = re.compile(r"Wrong parameter type, expected '(?:Type\.)?(\w+)' got '(?:Type\.)?(\w+)'")
+
+
+def readable_reason(reason: str) -> str:
+    """rclpy's "Wrong parameter type, expected '3' got '4'" (raw type numbers) with type names."""
+    from defect_perception.launcher.remote_params import TYPE_NAMES
+
+    def name(token: str) -> str:
+        if token.isdigit():
+            return TYPE_NAMES.get(int(token), token)
+        return token.lower().replace("_", " ")  # 'Type.DOUBLE' on Python < 3.11
+
+    return _RCL_TYPE_ERROR.sub(lambda m: f"wrong type, expected {name(m[1])}, got {name(m[2])}", reason)
 
 
 def _usage(args: argparse.Namespace) -> str | None:
@@ -210,10 +243,17 @@ class _Session:
             return 1
         desc = remote.describe([name])[0]
         value = coerce(value, desc.type)
+        # checked here, not by the node: rclpy's own text gives raw type numbers ("expected '3'
+        # got '4'"); a read-only parameter is left to the node, whose reason says read-only
+        mismatch = None if desc.read_only else type_mismatch(value, desc)
+        if mismatch:
+            print(f"defect-perception param: {self.target} refused {name}={format_value(value)}: {mismatch}",
+                  file=sys.stderr)
+            return 1
         result = remote.set(name, value)
         if not result.successful:
             print(f"defect-perception param: {self.target} refused {name}={format_value(value)}: "
-                  f"{result.reason or 'no reason given'}", file=sys.stderr)
+                  f"{readable_reason(result.reason) or 'no reason given'}", file=sys.stderr)
             return 1
         print(f"{self.target}: {name} = {format_value(value)}")
         return 0

@@ -18,6 +18,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from defect_perception.training.cli_errors import ON_ERROR, ON_ERROR_HELP
+
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", type=Path, help="folder of good images (recursive)")
     src.add_argument("--deeppcb", type=Path, help="DeepPCB root: train on its trainval templates")
@@ -40,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "calibration hold-out's tested (defective) images, never the test split")
     parser.add_argument("--feature-cache", help="reuse the teacher features of the training images from/to "
                         "this .pt file (ablations on the same images)")
+    parser.add_argument("--on-error", choices=ON_ERROR, default="fail", help=ON_ERROR_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from defect_perception.training.anomaly.data import (
         deeppcb_templates,
         good_images,
-        load_stack,
+        load_images,
         split_train_calib,
     )
     from defect_perception.training.anomaly.export import export_model_dir
@@ -59,40 +62,54 @@ def run(args: argparse.Namespace) -> int:
         save_checkpoint,
         tune_scoring,
     )
+    from defect_perception.training.cli_errors import usage_error
     from defect_perception.training.deeppcb import DatasetError, read_split
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     scoring = {"border": args.border, "score": args.score, "topk_fraction": args.topk_fraction,
                "target_frr": args.target_frr}
     progress = not args.no_progress
+    on_error = getattr(args, "on_error", None) or "fail"
     if args.tune_scoring and not args.deeppcb:
-        print("train-anomaly: --tune-scoring needs --deeppcb (defective validation images)")
-        return 2
-    try:
+        return usage_error("train-anomaly", "--tune-scoring needs --deeppcb (defective validation images)")
+    skipped: list[str] = []
+    try:  # every file is read here, before training: a broken one stops the run at once, named
         if args.from_checkpoint:
             model, info = load_checkpoint(args.from_checkpoint, scoring)
             cfg = model.cfg
         else:
             cfg = load_config(args.config, {"steps": args.steps, "size": args.size, "threads": args.threads,
                                             **scoring})
-        paths = deeppcb_templates(args.deeppcb) if args.deeppcb else good_images(args.images)
+        paths = (deeppcb_templates(args.deeppcb, on_error=on_error, skipped=skipped) if args.deeppcb
+                 else good_images(args.images))
         train_p, calib_p = split_train_calib(paths, cfg.calib_fraction, cfg.seed)
         print(f"train-anomaly: {cfg.variant()}, {len(train_p)} training / {len(calib_p)} calibration "
               f"good images at {cfg.size} px", flush=True)
-        calib_x = load_stack(calib_p, cfg.size, progress)
+        calib_x, calib_p = load_images(calib_p, cfg.size, progress, on_error, skipped)
         if not args.from_checkpoint:
-            train_x = load_stack(train_p, cfg.size, progress)
-    except (ConfigError, DatasetError, ValueError) as e:
-        print(f"train-anomaly: {e}")
-        return 2
+            train_x, train_p = load_images(train_p, cfg.size, progress, on_error, skipped)
+            if not train_p:
+                raise DatasetError("no readable good images left for training (all skipped)")
+        if not calib_p:
+            raise DatasetError("no readable good images left for calibration (all skipped)")
+        if args.tune_scoring:  # the calibration hold-out's tested (defective) images
+            calib_names = {p.name for p in calib_p}
+            bad_p = [s.test_path for s in read_split(args.deeppcb, "trainval", on_error=on_error)
+                     if s.temp_path.name in calib_names]
+            bad_x, bad_p = load_images(bad_p, cfg.size, progress, on_error, skipped)
+            if not bad_p:
+                raise DatasetError("--tune-scoring: no readable tested images for the calibration hold-out")
+    except (ConfigError, OSError, ValueError) as e:  # DatasetError is a ValueError
+        return usage_error("train-anomaly", e)
+    if skipped:
+        print(f"train-anomaly: skipped {len(skipped)} bad input(s) (--on-error skip; see warnings above)",
+              flush=True)
     if not args.from_checkpoint:
         model, info = fit(cfg, train_x, calib_x, progress=progress, feature_cache=args.feature_cache)
     if args.tune_scoring:
-        calib_names = {p.name for p in calib_p}
-        bad_p = [s.test_path for s in read_split(args.deeppcb, "trainval") if s.temp_path.name in calib_names]
         grid = [{"border": b, "score": sc, "topk_fraction": k} for b in (0, 4, 8, 16)
                 for sc, k in (("max", cfg.topk_fraction), ("topk", 0.0005), ("topk", 0.002))]
-        chosen, table = tune_scoring(model, calib_x, load_stack(bad_p, cfg.size, progress), grid)
+        chosen, table = tune_scoring(model, calib_x, bad_x, grid)
         info["scoring_selection"] = {"chosen": chosen, "table": table,
                                      "on": f"{len(calib_p)} held-out trainval templates (good) + their "
                                            f"{len(bad_p)} tested images (defective); not the test split"}

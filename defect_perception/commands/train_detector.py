@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..training.cli_errors import ON_ERROR, ON_ERROR_HELP
+
     parser.add_argument(
         "--config", default="config/train/detector.yaml", help="YAML config (see docs/detector.md)"
     )
@@ -19,12 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", action="store_true",
                         help="second input channel with the aligned defect-free template (data.template)")
     parser.add_argument("--limit", type=int, default=0, help="use only N training boards (smoke runs)")
+    parser.add_argument("--on-error", choices=ON_ERROR, help=ON_ERROR_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from ..training.cli_errors import usage_error
+    from ..training.deeppcb import DEFECT_TYPES
     from ..training.detector.model import build
-    from ..training.detector.pipeline import load_config, load_data, model_config
+    from ..training.detector.pipeline import check_config, load_config, load_data, model_config
     from ..training.detector.train import TrainConfig, train
 
     over: dict = {"train": {"threads": args.threads}}
@@ -34,10 +39,15 @@ def run(args: argparse.Namespace) -> int:
         over["data"] = {k: v for k, v in (("root", args.data), ("limit", args.limit)) if v}
     if args.template:
         over.setdefault("data", {})["template"] = True
-    cfg = load_config(args.config, over)
-    data = load_data(cfg, need_test=False)
+    if args.on_error:
+        over.setdefault("data", {})["on_error"] = args.on_error
+    try:  # bad config or dataset file: one line naming the file (and line), exit 2
+        cfg = load_config(args.config, over)
+        check_config(cfg)
+        data = load_data(cfg, need_test=False)
+    except (OSError, ValueError) as e:  # DatasetError is a ValueError
+        return usage_error("train-detector", e)
     model = build(model_config(cfg, data.train))
-    from ..training.deeppcb import DEFECT_TYPES
 
     _, hist = train(
         model,

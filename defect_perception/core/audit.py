@@ -4,6 +4,11 @@ Each decision is committed before it is published or sent to a machine, so a SIG
 sorter loses nothing that left it (WAL + synchronous=NORMAL survives a process crash; use
 sync="full" to also survive a power cut, at the price of an fsync per decision).
 Actuator acknowledgements and saved reject images are appended as they happen.
+
+A stamp already in `decisions` (the same recording replayed into an existing audit file) keeps
+its first decision there; the new one is committed to `duplicate_decisions` (same columns), so
+every published decision is still on disk, and `record_decision` returns False so the caller
+can say so.
 """
 from __future__ import annotations
 
@@ -33,6 +38,21 @@ CREATE TABLE IF NOT EXISTS decisions (
     result TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_decided ON decisions(decided_ns);
+CREATE TABLE IF NOT EXISTS duplicate_decisions (
+    stamp_ns INTEGER NOT NULL,
+    decided_ns INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    action TEXT NOT NULL,
+    reason_code TEXT NOT NULL,
+    reason TEXT,
+    fail_safe INTEGER NOT NULL,
+    label TEXT,
+    score REAL,
+    anomaly_score REAL,
+    decision_ms REAL,
+    sources TEXT NOT NULL,
+    result TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS acks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     stamp_ns INTEGER NOT NULL,
@@ -108,21 +128,28 @@ class AuditLog:
         self._con = connect(self.path, sync)
         self._lock = threading.Lock()
         self._checkpointer = Checkpointer(self.path)
+        self.duplicates = 0  # decisions for stamps already in `decisions` (see the module doc)
 
     def record_decision(self, result: dict, *, action: str, reason_code: str, fail_safe: bool,
-                        sources: dict, decision_ms: float | None = None) -> None:
-        """Commit one decision (the sorter/decision JSON plus per-source details)."""
+                        sources: dict, decision_ms: float | None = None) -> bool:
+        """Commit one decision (the sorter/decision JSON plus per-source details). False when
+        its stamp already had a decision: this one is then committed to `duplicate_decisions`."""
         row = (int(result["stamp_ns"]), time.time_ns(), result["verdict"], action, reason_code,
                result.get("reason"), int(bool(fail_safe)), result.get("label"), result.get("score"),
                result.get("anomaly_score"), decision_ms, json.dumps(sources, default=str),
                json.dumps(result))
         with self._lock:
             try:
-                self._con.execute("INSERT OR IGNORE INTO decisions VALUES "
-                                  "(?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                cur = self._con.execute("INSERT OR IGNORE INTO decisions VALUES "
+                                        "(?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                if cur.rowcount == 1:
+                    return True
+                self._con.execute("INSERT INTO duplicate_decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
             except sqlite3.Error as e:
                 raise AuditError(f"audit log {self.path}: cannot record decision "
                                  f"{result['stamp_ns']}: {e}") from None
+            self.duplicates += 1
+            return False
 
     def record_ack(self, stamp_ns: int, actuator: str, status: str, detail: str = "",
                    latency_ms: float | None = None) -> None:
@@ -203,6 +230,7 @@ def summary(path: str | Path, since_ns: int | None = None) -> dict[str, Any]:
                 "SELECT actuator, status, COUNT(*) FROM acks WHERE at_ns >= ? GROUP BY actuator, status "
                 "ORDER BY 1, 3 DESC", (since,))},
             "images": int(con.execute("SELECT COUNT(*) FROM images").fetchone()[0]),
+            "duplicates": _count_duplicates(con, since),
         }
     finally:
         con.close()
@@ -227,4 +255,15 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("actuator acknowledgements:")
         lines += [f"  {k:<30} {n:>8}" for k, n in s["acks"].items()]
     lines.append(f"reject images saved: {s['images']}")
+    if s.get("duplicates"):
+        lines.append(f"decisions for stamps already logged (replays): {s['duplicates']} "
+                     "(kept in table duplicate_decisions; table decisions holds the first one)")
     return "\n".join(lines)
+
+
+def _count_duplicates(con: sqlite3.Connection, since: int) -> int:
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM duplicate_decisions WHERE decided_ns >= ?",
+                               (since,)).fetchone()[0])
+    except sqlite3.OperationalError:  # an audit file written before that table existed
+        return 0

@@ -24,6 +24,10 @@ FAIL_SAFE_ACTIONS = ("reject", "review", "stop-line")
 SEVERITY = {a: i for i, a in enumerate(ACTIONS)}
 # The result contract has three verdicts; stop-line is a reject that also stops the line.
 VERDICT_OF = {"pass": "pass", "review": "review", "reject": "reject", "stop-line": "reject"}
+# A decision the fail-safe made has these reason codes, the label FAIL_SAFE_LABEL, score null,
+# and a reason starting "fail-safe <action>: ".
+FAIL_SAFE_CODES = ("missing_result", "malformed_result")
+FAIL_SAFE_LABEL = "fail-safe"
 
 
 class FusionConfigError(ValueError):
@@ -103,6 +107,11 @@ class Decision:
     def verdict(self) -> str:
         return VERDICT_OF[self.action]
 
+    @property
+    def decided_by_fail_safe(self) -> bool:
+        """The fail-safe set the action (not just a note next to a source's reject)."""
+        return self.reason_code in FAIL_SAFE_CODES
+
     def sources_summary(self) -> dict[str, dict]:
         """Per-source scores, models and latencies (for the audit log)."""
         out: dict[str, dict] = {}
@@ -131,12 +140,17 @@ class Decision:
             for k, v in (r.get("latency_ms") or {}).items():
                 lat[f"{src}.{k}"] = v
         lat.update(latency_ms or {})
-        label = lead.get("label") if lead else None
-        if self.fail_safe and self.action != "pass" and lead is None:
-            label = "fail-safe"
+        if self.decided_by_fail_safe:
+            # the label/score of a source that was present would read as the reason for the
+            # decision ("REJECT normal 0.147"): the decision carries "fail-safe" and no score;
+            # the sources' own labels and scores stay in the audit log (sources_summary)
+            label, score = FAIL_SAFE_LABEL, None
+        else:
+            label = lead.get("label") if lead else None
+            score = lead.get("score") if lead else None
         return make_result(
             stamp_ns=self.stamp_ns, frame_id=self.frame_id, source="sorter", verdict=self.verdict,
-            model=None, label=label, score=lead.get("score") if lead else None, hierarchy=hierarchy,
+            model=None, label=label, score=score, hierarchy=hierarchy,
             detections=detections, anomaly_score=anomaly, latency_ms=lat, reason=self.reason)
 
 
@@ -265,7 +279,9 @@ class Fuser:
             why += [f"{s} result missing at deadline ({cfg.window_ms:.0f} ms window)" for s in missing]
             if SEVERITY[cfg.fail_safe] >= SEVERITY[action]:
                 code = "malformed_result" if part.errors else "missing_result"
-                reason = f"fail-safe {cfg.fail_safe}: " + "; ".join(why)
+                # a source that rejected/reviewed as well is still named (its label is replaced)
+                reason = f"fail-safe {cfg.fail_safe}: " + "; ".join(why) + (
+                    f"; also {reason}" if action != "pass" else "")
                 action = cfg.fail_safe
             else:
                 reason += "; also " + "; ".join(why)

@@ -1,7 +1,8 @@
 """Backend choice: `auto` takes TensorRT when the package and a CUDA GPU are present,
 else ONNX Runtime; an explicit request that cannot be met is an error, never a silent
-fallback. Returns the backend and the reason, which the node logs and shows in
-diagnostics."""
+fallback. `auto` also falls back to ONNX Runtime (logged) when the model's TensorRT engine
+was refused by its parity check: ONNX Runtime runs the checked ONNX model. Returns the
+backend and the reason, which the node logs and shows in diagnostics."""
 from __future__ import annotations
 
 import difflib
@@ -9,6 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from defect_perception.inference.engine_cache import EngineRejected
 from defect_perception.inference.errors import BackendUnavailable
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
@@ -34,10 +36,16 @@ def create(requested: str, onnx_path: str | Path, card: dict, threads: int = 0, 
 
     if requested in ("auto", "tensorrt"):
         ok, why = tensorrt_backend.status()
+        if ok and requested == "tensorrt":
+            return tensorrt_backend.TensorRTBackend(onnx_path, card, precision=precision, log_fn=log_fn), why
         if ok:
-            be = tensorrt_backend.TensorRTBackend(onnx_path, card, precision=precision, log_fn=log_fn)
-            return be, f"{'auto: ' if requested == 'auto' else ''}{why}"
-        if requested == "tensorrt":
+            try:
+                be = tensorrt_backend.TensorRTBackend(onnx_path, card, precision=precision, log_fn=log_fn)
+                return be, f"auto: {why}"
+            except EngineRejected as e:  # keep the line inspecting, slower but with a checked model
+                why = f"its TensorRT engine was refused ({e})"
+                log_fn(f"auto: falling back to ONNX Runtime because {why}")
+        elif requested == "tensorrt":
             raise BackendUnavailable(f"backend 'tensorrt' requested but {why}")
         reason = f"auto: ONNX Runtime because {why}"
     else:

@@ -5,7 +5,12 @@ across calls (`TrtRunner`) and copies outputs back, which keeps our own untested
 small. Everything is imported lazily; on machines without TensorRT `status()` says why.
 
 Engines are cached by `engine_cache` (ONNX sha256, GPU, TensorRT version, precision);
-every build is checked against ONNX Runtime (`verify.compare`) and the figures logged.
+every build is checked against ONNX Runtime (`verify.compare`) and the figures logged. An
+engine that disagrees is not cached: the key is recorded as failed and `EngineRejected` is
+raised, so neither `build-engine` nor the inspector ever uses it.
+
+The input shape (channels included: 1 gray, 2 gray + aligned template, 3 colour) comes from
+the model card as the runtime feeds it, checked against the ONNX input (`input_chw`).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import numpy as np
 
 from defect_perception.core.model_card import sha256_file
 from defect_perception.inference import engine_cache, verify
+from defect_perception.inference.engine_cache import EngineRejected
 from defect_perception.inference.errors import BackendUnavailable, ModelLoadError
 
 log = logging.getLogger("defect_perception.tensorrt")
@@ -70,22 +76,83 @@ def engine_key(onnx_path: str | Path, precision: str) -> engine_cache.EngineKey:
                                   trt.__version__, precision)
 
 
+def input_chw(card: dict, onnx_shape: list | None = None, onnx_path: str | Path = "") -> tuple[int, int, int]:
+    """(C, H, W) of the network input as the runtime feeds it (`Preprocessor.shape`: 1 channel
+    gray, 2 gray + aligned template (`input.template`), 3 colour). When the ONNX input shape
+    is given, its fixed dimensions must agree: the engine profile is built from these."""
+    from defect_perception.core.preprocess import Preprocessor
+
+    inp = card["input"]
+    chw = Preprocessor(inp).shape
+    if onnx_shape is not None:
+        shape = list(onnx_shape)
+        if len(shape) != 4:
+            raise ModelLoadError(f"{onnx_path}: input has shape {shape}, expected NCHW")
+        for dim, want, what in zip(shape[1:], chw, ("channels", "height", "width"), strict=True):
+            if isinstance(dim, int) and dim > 0 and dim != want:
+                raise ModelLoadError(
+                    f"{onnx_path}: input shape {shape} does not match the card ({card.get('_dir', '?')}"
+                    f"/model.json: input.size {inp['size']}, color {inp.get('color', 'bgr')}"
+                    f"{', template' if inp.get('template') else ''} -> [N, {chw[0]}, {chw[1]}, {chw[2]}]; "
+                    f"{what} differs)")
+    return chw
+
+
+def profile_shapes(chw: tuple[int, int, int], max_batch: int, static_batch: int | None = None
+                   ) -> dict[str, tuple[int, int, int, int]]:
+    """min/opt/max NCHW shapes of the engine's optimisation profile. A fixed ONNX batch
+    allows only that batch; otherwise 1..max_batch, optimised for min(max_batch, 4)."""
+    c, h, w = chw
+    if static_batch:
+        return {k: (static_batch, c, h, w) for k in ("min", "opt", "max")}
+    b = max(1, int(max_batch))
+    return {"min": (1, c, h, w), "opt": (min(b, 4), c, h, w), "max": (b, c, h, w)}
+
+
+def _template_for(frame: Path) -> Path | None:
+    """DeepPCB naming: `<name>_test.<ext>` is aligned with `<name>_temp.<ext>`."""
+    if not frame.stem.endswith("_test"):
+        return None
+    return frame.with_name(frame.stem[:-len("_test")] + "_temp" + frame.suffix)
+
+
 def calibration_batches(calib_dir: str | Path, card: dict, limit: int = 256):
-    """INT8 calibration data: images from a folder, preprocessed exactly like the line does."""
+    """INT8 calibration data: images from a folder, preprocessed exactly like the line does.
+    Template models (`input.template`) take pairs `<name>_test.<ext>` (frame) +
+    `<name>_temp.<ext>` (its aligned defect-free template), as in DeepPCB."""
     import cv2
 
     from defect_perception.core.preprocess import Preprocessor
 
-    files = sorted(p for p in Path(calib_dir).rglob("*") if p.suffix.lower() in IMAGE_EXT)[:limit]
-    if not files:
-        raise FileNotFoundError(f"--calib-dir {calib_dir}: no images ({', '.join(IMAGE_EXT)})")
+    files = sorted(p for p in Path(calib_dir).rglob("*") if p.suffix.lower() in IMAGE_EXT)
     pre = Preprocessor(card["input"])
+    if pre.template:
+        pairs = [(f, _template_for(f)) for f in files if _template_for(f) is not None]
+        for f, t in pairs:
+            if not t.is_file():
+                log.warning("calibration: %s has no template %s, skipped", f, t.name)
+        pairs = [(f, t) for f, t in pairs if t.is_file()][:limit]
+        if not pairs:
+            raise FileNotFoundError(f"--calib-dir {calib_dir}: no image pairs <name>_test.<ext> + "
+                                    f"<name>_temp.<ext> (the model's card has input.template: it "
+                                    f"needs each frame with its aligned defect-free template)")
+    else:
+        pairs = [(f, None) for f in files[:limit]]
+        if not pairs:
+            raise FileNotFoundError(f"--calib-dir {calib_dir}: no images ({', '.join(IMAGE_EXT)})")
     name = card["input"].get("name", "input")
-    for f in files:
-        img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE if pre.channels == 1 else cv2.IMREAD_COLOR)
-        if img is None:
-            log.warning("calibration: cannot read %s, skipped", f)
+    for f, t in pairs:
+        img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE if pre.color == "gray" else cv2.IMREAD_COLOR)
+        tpl = cv2.imread(str(t), cv2.IMREAD_GRAYSCALE) if t is not None else None
+        if img is None or (t is not None and tpl is None):
+            log.warning("calibration: cannot read %s, skipped", f if img is None else t)
             continue
+        if tpl is not None:
+            if tpl.shape != img.shape:
+                log.warning("calibration: %s is %s, its template %s: not aligned, skipped",
+                            f, img.shape, tpl.shape)
+                continue
+            img = np.dstack([img, tpl])
         x, _ = pre(img)
         yield {name: x}
 
@@ -93,10 +160,21 @@ def calibration_batches(calib_dir: str | Path, card: dict, limit: int = 256):
 def build_engine(onnx_path: str | Path, card: dict, precision: str = "fp16", calib_dir: str | None = None,
                  workspace_mb: int = 1024, max_batch: int = 16, cache_root: Path | None = None,
                  force: bool = False, log_fn: Callable[[str], None] = log.info) -> tuple[Path, dict]:
-    """Build (or reuse) the engine for this ONNX file on this GPU; returns (path, verify report)."""
+    """Build (or reuse) the engine for this ONNX file on this GPU; returns (path, verify report).
+    Raises EngineRejected when the new engine disagrees with ONNX Runtime (nothing is cached,
+    the key is recorded as failed), or when the cache records such a failure and not `force`."""
     ok, why = status()
     if not ok:
         raise BackendUnavailable(f"cannot build a TensorRT engine here: {why}")
+    key = engine_key(onnx_path, precision)
+    cached = cached_engine(key, cache_root, force, log_fn, model=Path(onnx_path).parent)
+    if cached is not None:
+        return cached
+    if precision == "int8" and not calib_dir:
+        raise ValueError("INT8 needs calibration images: pass --calib-dir DIR")
+    # fail on a card/ONNX disagreement here, not in the middle of a TensorRT build
+    onnx_shape = onnx_input_shape(onnx_path)
+    chw = input_chw(card, onnx_shape, onnx_path)
     import tensorrt as trt
     from polygraphy.backend.trt import (
         Calibrator,
@@ -106,36 +184,28 @@ def build_engine(onnx_path: str | Path, card: dict, precision: str = "fp16", cal
         network_from_onnx_path,
     )
 
-    key = engine_key(onnx_path, precision)
-    cached, reason = engine_cache.lookup(key, cache_root)
-    if cached is not None and not force:
-        log_fn(reason)
-        return cached, {}
-    log_fn(f"building TensorRT {precision} engine for {onnx_path}: {reason}")
-    if precision == "int8" and not calib_dir:
-        raise ValueError("INT8 needs calibration images: pass --calib-dir DIR")
     name = card["input"].get("name", "input")
-    c = 1 if card["input"].get("color") == "gray" else 3
-    h, w = card["input"]["size"]
-    batch_max = max(1, int(max_batch))
-    static = onnx_static_batch(onnx_path)
-    if static:  # an ONNX export with a fixed batch dimension allows only that batch
-        if static != batch_max:
-            log_fn(f"ONNX input has a fixed batch of {static}; engine max batch set to {static}")
-        batch_max = static
-    profile = Profile().add(name, min=(1 if not static else static, c, h, w),
-                            opt=(static or min(batch_max, 4), c, h, w), max=(batch_max, c, h, w))
+    b = onnx_shape[0]
+    static = b if isinstance(b, int) and b > 0 else None
+    if static and static != max(1, int(max_batch)):  # a fixed ONNX batch allows only that batch
+        log_fn(f"ONNX input has a fixed batch of {static}; engine max batch set to {static}")
+    shapes = profile_shapes(chw, max_batch, static)
+    batch_max = shapes["max"][0]
+    profile = Profile().add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
     calibrator = None
     if precision == "int8":
-        calibrator = Calibrator(list(calibration_batches(calib_dir, card)),
-                                cache=str(engine_cache.paths(key, cache_root)[0].with_suffix(".calib")))
+        calib = engine_cache.calib_path(key, cache_root)
+        if force:  # --force with new --calib-dir images must recalibrate, not reuse the old cache
+            calib.unlink(missing_ok=True)
+        calibrator = Calibrator(list(calibration_batches(calib_dir, card)), cache=str(calib))
     config = CreateConfig(fp16=precision in ("fp16", "int8"), int8=precision == "int8",
                           calibrator=calibrator, profiles=[profile],
                           memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_mb) << 20})
     t0 = time.monotonic()
     engine_bytes = engine_bytes_from_network(network_from_onnx_path(str(onnx_path)), config=config)
     if engine_bytes is None:
-        raise ModelLoadError(f"{onnx_path}: TensorRT could not build an engine (see TensorRT log above)")
+        raise EngineRejected(f"{onnx_path}: TensorRT could not build a {precision} engine (see the TensorRT "
+                             "log above); try another precision, or run with backend onnxruntime")
     build_s = time.monotonic() - t0
     runner = _Runner(bytes(engine_bytes))
     try:
@@ -143,21 +213,70 @@ def build_engine(onnx_path: str | Path, card: dict, precision: str = "fp16", cal
     finally:
         runner.close()
     log_fn(f"engine check vs ONNX Runtime: {verify.summary(report)}")
-    path = engine_cache.store(key, bytes(engine_bytes), cache_root,
-                              {"onnx": str(onnx_path), "build_s": round(build_s, 1), "max_batch": batch_max,
-                               "workspace_mb": workspace_mb, "verify": report})
-    log_fn(f"engine written to {path} ({build_s:.1f} s)")
-    if not report["ok"]:
-        log_fn("WARNING: TensorRT outputs disagree with ONNX Runtime (argmax); check precision/calibration")
-    return path, report
+    info = {"onnx": str(onnx_path), "build_s": round(build_s, 1), "max_batch": batch_max,
+            "workspace_mb": workspace_mb, "calib_dir": str(calib_dir) if calib_dir else None}
+    return save_checked(key, bytes(engine_bytes), report, onnx_path, cache_root, info, log_fn), report
+
+
+def cached_engine(key: engine_cache.EngineKey, cache_root: Path | None = None, force: bool = False,
+                  log_fn: Callable[[str], None] = log.info, model: str | Path = "MODEL"
+                  ) -> tuple[Path, dict] | None:
+    """The cache decision before a build: (path, stored verify report) of a usable cached
+    engine unless `force`; EngineRejected when the cache records that this key's engine
+    failed its ONNX Runtime check and not `force`; None = build. Pure file logic."""
+    cached, reason = engine_cache.lookup(key, cache_root)
+    if force:
+        log_fn(f"building TensorRT {key.precision} engine (rebuild requested; cache: {reason})")
+        return None
+    if cached is not None:
+        log_fn(reason)
+        try:
+            import json
+
+            report = json.loads(cached.with_suffix(".json").read_text()).get("verify") or {}
+        except (OSError, ValueError):
+            report = {}
+        return cached, report
+    failed = engine_cache.failure(key, cache_root)
+    if failed:
+        raise EngineRejected(f"{failed}. {rebuild_advice(model)}")
+    log_fn(f"building TensorRT {key.precision} engine: {reason}")
+    return None
+
+
+def rebuild_advice(model: str | Path = "MODEL") -> str:
+    return (f"Rebuild with `defect-perception build-engine {model} --force` and another precision "
+            "(--fp16 or --fp32 instead of --int8) or better --calib-dir images, or run the inspector "
+            "with backend onnxruntime")
+
+
+def save_checked(key: engine_cache.EngineKey, engine_bytes: bytes, report: dict, onnx_path,
+                 cache_root: Path | None = None, info: dict | None = None,
+                 log_fn: Callable[[str], None] = log.info) -> Path:
+    """After a build: cache the engine only if it agrees with ONNX Runtime; otherwise record
+    the failure (no engine file) and raise EngineRejected naming the figures. Pure file logic."""
+    if not report.get("ok"):
+        meta = engine_cache.record_failure(key, report, cache_root, {**(info or {}), "onnx": str(onnx_path)})
+        raise EngineRejected(
+            f"{onnx_path}: the TensorRT {key.precision} engine disagrees with ONNX Runtime "
+            f"({verify.summary(report)}); it was not cached and will not be used (failure recorded in "
+            f"{meta}). {rebuild_advice(Path(onnx_path).parent)}")
+    path = engine_cache.store(key, engine_bytes, cache_root, {**(info or {}), "verify": report})
+    log_fn(f"engine written to {path} ({(info or {}).get('build_s', 0):.1f} s)")
+    return path
+
+
+def onnx_input_shape(onnx_path) -> list:
+    """The ONNX input's NCHW shape (ints, or names for dynamic dims), read with ONNX Runtime
+    (always installed)."""
+    from defect_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
+
+    return list(OnnxRuntimeBackend(onnx_path).input_shape)
 
 
 def onnx_static_batch(onnx_path) -> int | None:
-    """The ONNX input's batch dimension when it is a fixed number (read with ONNX Runtime,
-    which is always installed), else None (dynamic)."""
-    from defect_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
-
-    b = OnnxRuntimeBackend(onnx_path).input_shape[0]
+    """The ONNX input's batch dimension when it is a fixed number, else None (dynamic)."""
+    b = onnx_input_shape(onnx_path)[0]
     return b if isinstance(b, int) and b > 0 else None
 
 
@@ -167,8 +286,7 @@ def check_against_onnxruntime(onnx_path, card: dict, run: Callable[[np.ndarray],
     from defect_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
 
     ort = OnnxRuntimeBackend(onnx_path)
-    c = 1 if card["input"].get("color") == "gray" else 3
-    h, w = card["input"]["size"]
+    c, h, w = input_chw(card, ort.input_shape, onnx_path)
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal((1, c, h, w)).astype(np.float32) for _ in range(n)]
     if calib_dir:
@@ -200,6 +318,27 @@ class _Runner:
             self.runner = None
 
 
+def launch_engine(key: engine_cache.EngineKey, cache_root: Path | None = None,
+                  log_fn: Callable[[str], None] = log.info, model: str | Path = "MODEL") -> Path | None:
+    """The inspector's cache decision at start-up: the cached engine, or None = build one now.
+    A key recorded as failed is refused (EngineRejected) instead of being rebuilt at every
+    start; INT8 is never built at start-up (it needs calibration images). Pure file logic."""
+    path, reason = engine_cache.lookup(key, cache_root)
+    if path is not None:
+        log_fn(reason)
+        return path
+    failed = engine_cache.failure(key, cache_root)
+    if failed:
+        raise EngineRejected(f"TensorRT {key.precision} engine refused: {failed}. {rebuild_advice(model)}")
+    if key.precision == "int8":
+        raise EngineRejected(f"no usable INT8 engine ({reason}); INT8 needs calibration images, so it is "
+                             f"not built at start-up: run `defect-perception build-engine {model} --int8 "
+                             "--calib-dir DIR` on this machine first, or set precision to fp16")
+    log_fn(f"no usable engine ({reason}); building one now (run `defect-perception build-engine` "
+           "on the target once to avoid this at launch)")
+    return None
+
+
 class TensorRTBackend:
     name = "tensorrt"
 
@@ -210,18 +349,13 @@ class TensorRTBackend:
         if not ok:
             raise BackendUnavailable(f"TensorRT backend unavailable: {why}")
         key = engine_key(onnx_path, precision)
-        path, reason = engine_cache.lookup(key, cache_root)
+        path = launch_engine(key, cache_root, log_fn, model=Path(onnx_path).parent)
         if path is None:
-            log_fn(f"no usable engine ({reason}); building one now (run `defect-perception build-engine` "
-                   "on the target once to avoid this at launch)")
             path, _ = build_engine(onnx_path, card, precision, max_batch=max_batch, cache_root=cache_root,
                                    force=True, log_fn=log_fn)
-        else:
-            log_fn(reason)
         self._runner = _Runner(Path(path).read_bytes())
         self.input_name = card["input"].get("name", "input")
-        c = 1 if card["input"].get("color") == "gray" else 3
-        self.input_shape = ["N", c, *card["input"]["size"]]
+        self.input_shape = ["N", *input_chw(card)]
         eng = self._runner.engine
         self.output_names = [eng.get_tensor_name(i) for i in range(eng.num_io_tensors)
                              if eng.get_tensor_mode(eng.get_tensor_name(i)).name == "OUTPUT"]

@@ -22,6 +22,9 @@ Where to set them, lowest priority first:
 2. `config/line.yaml` (one section per node: `/**/camera:`, `/**/inspector:`, ...;
    plain `camera:` keys are accepted too);
 3. `defect-perception line -p NODE.NAME=VALUE` (repeatable), e.g. `-p camera.fps=10`;
+   the launcher checks names and types from the file and from `-p` before it starts
+   anything: a misspelt name is an error naming the closest ones, and values are fitted to
+   the types below (`uri: 0` is the text "0", `fps: 5` the double 5.0);
 4. live, while the line runs: `defect-perception param set NODE NAME VALUE`
    (or `ros2 param set /line/NODE NAME VALUE` in a full ROS 2 install). Parameters marked
    *restart* are read-only at run time: change them in the file and restart the line.

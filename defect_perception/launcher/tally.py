@@ -52,11 +52,12 @@ class PartTally:
         self.last_at = now
         _remember(self._decided, stamp, verdict, self._remember)
         label, score = result.get("label"), result.get("score")
-        what = f"{label}" if label else "-"
+        parts = [] if not label or (fs and label == "fail-safe") else [str(label)]  # FAIL-SAFE says it
         if isinstance(score, (int, float)):
-            what += f" {score:.3f}"
+            parts.append(f"{score:.3f}")
         elif isinstance(result.get("anomaly_score"), (int, float)):
-            what += f" anomaly={result['anomaly_score']:.3f}"
+            parts.append(f"anomaly={result['anomaly_score']:.3f}")
+        what = " ".join(parts) or "-"
         truth = self._labels.get(stamp)
         extra = f"  [truth {truth}]" if truth else ""
         reason = result.get("reason")

@@ -10,14 +10,19 @@ Topics (relative to the namespace, default /line):
   ~/trigger           std_srvs/Trigger; one frame per call when trigger_mode=service
 
 Frames are produced on a worker thread, so a slow camera read or a wait for an
-acknowledgement never blocks the executor (parameter services stay responsive).
+acknowledgement never blocks the executor (parameter services stay responsive). If that
+thread dies of an unexpected error, the node logs the traceback, turns /diagnostics ERROR,
+publishes {"event": "error"} on camera/status and, run as its own process (`main`), exits
+with code 1 so the launcher / a supervisor sees a dead camera (docs/camera.md).
 """
 from __future__ import annotations
 
 import json
 import queue
+import sys
 import threading
 import time
+import traceback
 
 import rclpy
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -100,8 +105,12 @@ class _Trigger:
 
 
 class CameraNode(ParamNode):
-    def __init__(self, **kwargs):
+    def __init__(self, exit_on_crash: bool = False, **kwargs):
+        """`exit_on_crash`: when the frame thread dies, shut the context down (the process
+        then exits 1, see `main`); False when composed with other nodes in one process."""
         super().__init__("camera", SPECS, **kwargs)
+        self.exit_on_crash = exit_on_crash
+        self.crashed: str | None = None  # "<Error>: text" once the frame thread died
         p = self.p
         self.source = self._open_source()
         self.calibration: Calibration | None = None
@@ -276,8 +285,24 @@ class CameraNode(ParamNode):
         except Exception as e:  # a bug here must be loud, not a silently dead camera
             if self._stop.is_set() or not self.context.ok():
                 return  # shutting down: publishers are already gone
-            self.get_logger().error(f"camera producer stopped: {type(e).__name__}: {e}")
-            raise
+            self._crashed(e)
+
+    def _crashed(self, e: Exception) -> None:
+        """The frame thread died: no more parts. Say so everywhere an operator looks."""
+        self.crashed = f"{type(e).__name__}: {e}"
+        then = "exiting with code 1" if self.exit_on_crash else "the node stays up without frames"
+        self.get_logger().error(f"camera frame thread crashed after {self._published} frames "
+                                f"({self.source.describe()}): {self.crashed}; {then}\n"
+                                + traceback.format_exc().rstrip())
+        try:
+            self._status({"event": "error", "error": self.crashed, "frames": self._published})
+            self.diag.publish()  # ERROR now, not at the next period
+        except Exception as err:  # a publisher may already be gone; the log above has the crash
+            self.get_logger().error(f"could not report the crash on camera/status, /diagnostics: {err}")
+        if self.exit_on_crash:
+            self._stop.wait(1.5)  # let /diagnostics and camera/status reach their subscribers
+            self._stop.set()
+            rclpy.try_shutdown(context=self.context)
 
     def _serve_trigger(self) -> None:
         try:
@@ -424,6 +449,8 @@ class CameraNode(ParamNode):
         return out
 
     def _diag_level(self) -> tuple[int, str]:
+        if self.crashed is not None:
+            return 2, f"frame thread crashed: {self.crashed}; no frames are produced"
         if self._unavailable_since is not None:
             return 1, f"no frames for {time.monotonic() - self._unavailable_since:.1f} s (reopening)"
         return (0, "end of stream") if self._ended else (0, "ok")
@@ -446,10 +473,20 @@ NODE_CLASS = CameraNode
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_nodes([CameraNode], args)
+    """Run the camera as its own process: exit code 1 when its frame thread crashed."""
+    nodes: list[CameraNode] = []
+
+    def make() -> CameraNode:
+        nodes.append(CameraNode(exit_on_crash=True))
+        return nodes[-1]
+
+    code = run_nodes([make], args)
+    if code == 0 and nodes and nodes[0].crashed:
+        print(f"[defect_perception] camera: frame thread crashed ({nodes[0].crashed}); exit code 1",
+              file=sys.stderr, flush=True)
+        return 1
+    return code
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -19,12 +19,19 @@ from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
-from defect_perception.actuation.config import build_plc_actuators, load_config, robot_configs
+from defect_perception.actuation.base import LogThrottle
+from defect_perception.actuation.config import (
+    ActuatorConfigError,
+    build_plc_actuators,
+    load_config,
+    robot_configs,
+)
 from defect_perception.actuation.queue import Command
 from defect_perception.actuation.robot import RobotConfig, sort_command
 from defect_perception.core.audit import AuditLog
@@ -36,6 +43,7 @@ from defect_perception.core.fusion import (
     FusionConfigError,
     window_from_conveyor,
 )
+from defect_perception.core.paths import resolve
 from defect_perception.core.result import ResultError, dumps, make_result, parse_result, validate_result
 from defect_perception.nodes.base import Diagnostics, ParamNode, ParamSpec, run_nodes
 
@@ -82,7 +90,8 @@ PARAMS = [
     ParamSpec("save_reject_images", False, "Subscribe camera/image_raw and save rejected frames as PNG next "
               "to the audit log.", read_only=True),
     ParamSpec("image_ring", 30, "Recent frames kept for saving rejects.", range=(1, 1000), read_only=True),
-    ParamSpec("actuators_config", "", "YAML file listing PLC/robot actuators (empty: none).", read_only=True),
+    ParamSpec("actuators_config", "", "YAML file listing PLC/robot actuators (empty: none). Relative paths "
+              "also resolve against the installed share directory.", read_only=True),
     ParamSpec("queue_dir", "", "Directory for the actuators' persistent queues (empty: next to audit_db).",
               read_only=True),
 ]
@@ -96,6 +105,9 @@ class SorterNode(ParamNode):
     def __init__(self, **kwargs):
         super().__init__("sorter", PARAMS, **kwargs)
         self.fuser = Fuser(self._fusion_config())
+        # rate-limited log lines of the sorter itself (audit duplicates); actuators have their own
+        self._log_limit = LogThrottle(self._ros_log, 10.0)
+        self._actuators_path, entries = self._actuator_entries()  # before any file is created
         self._closing = False
         # warm up the schema validator now, not on the first part (its import takes ~0.3 s)
         validate_result(make_result(stamp_ns=0, frame_id="camera", source="sorter", verdict="pass"))
@@ -130,9 +142,8 @@ class SorterNode(ParamNode):
                 callback_group=MutuallyExclusiveCallbackGroup()))
 
         # actuators
-        entries = load_config(self.p["actuators_config"]) if self.p["actuators_config"] else []
         qdir = self.p["queue_dir"] or str(Path(self.p["audit_db"]).resolve().parent / "queues")
-        self.actuators = build_plc_actuators(entries, qdir, on_ack=self._on_ack)
+        self.actuators = build_plc_actuators(entries, qdir, on_ack=self._on_ack, on_log=self._ros_log)
         self.robots: list[tuple[RobotConfig, object, object]] = []
         self._robot_pending: dict[tuple[str, int], float] = {}
         for rc in robot_configs(entries):
@@ -153,24 +164,74 @@ class SorterNode(ParamNode):
         self.get_logger().info(
             f"sorter: sources {list(cfg.sources)}, window {cfg.window_ms:.0f} ms ({cfg.deadline_base}), "
             f"fail-safe {cfg.fail_safe}, review_as {cfg.review_as}, audit {self.audit.path}, actuators "
-            f"{[f'{a.kind}:{a.name}' for a in self.actuators] + [f'robot:{r[0].name}' for r in self.robots]}")
+            f"{[f'{a.kind}:{a.name}' for a in self.actuators] + [f'robot:{r[0].name}' for r in self.robots]}"
+            + (f" from {self._actuators_path}" if self._actuators_path else ""))
 
     # ---------------------------------------------------------------- configuration
-    def _fusion_config(self) -> FusionConfig:
-        p = self.p
+    def _actuator_entries(self) -> tuple[Path | None, list[dict]]:
+        """The actuators_config file (resolved like model/camera paths: working directory, then
+        the installed share directory) and its checked entries."""
+        name = self.p["actuators_config"]
+        if not name:
+            return None, []
+        path = resolve(name)
+        if not path.is_file():
+            tried = [Path(name).expanduser().absolute()]
+            if path.absolute() != tried[0]:
+                tried.append(path)
+            raise ActuatorConfigError(f"actuators_config={name!r}: file not found (tried "
+                                      + " and ".join(str(t) for t in tried) + ")")
+        return path, load_config(path)
+
+    def _ros_log(self, level: str, text: str) -> None:
+        """LogCallback for the actuators (their loop thread) and the sorter's own throttle. One
+        call site per severity: rclpy refuses a call site that changes its severity."""
+        logger = self.get_logger()
+        if level == "error":
+            logger.error(text)
+        elif level == "warning":
+            logger.warning(text)
+        else:
+            logger.info(text)
+
+    def _fusion_config(self, p: dict | None = None) -> FusionConfig:
+        """The fusion policy for parameters `p` (default: the current ones); FusionConfigError
+        names the parameters when they cannot work."""
+        p = self.p if p is None else p
         window = p["window_ms"]
         if p["conveyor_speed_mm_s"] > 0 and p["reject_distance_mm"] > 0:
-            window = window_from_conveyor(p["conveyor_speed_mm_s"], p["reject_distance_mm"],
-                                          p["actuation_margin_ms"])
+            try:
+                window = window_from_conveyor(p["conveyor_speed_mm_s"], p["reject_distance_mm"],
+                                              p["actuation_margin_ms"])
+            except FusionConfigError as e:
+                raise FusionConfigError(
+                    f"conveyor_speed_mm_s={p['conveyor_speed_mm_s']:g}, reject_distance_mm="
+                    f"{p['reject_distance_mm']:g}, actuation_margin_ms={p['actuation_margin_ms']:g}: {e}") \
+                    from None
         return FusionConfig(sources=tuple(p["sources"]), window_ms=window, fail_safe=p["fail_safe"],
                             review_as=p["review_as"], reject_min_sources=min(p["reject_min_sources"],
                                                                              len(p["sources"])),
                             deadline_base=p["deadline_base"])
 
+    def _validate(self, params: list) -> SetParametersResult:
+        """Per-parameter checks (ParamNode), then the policy the change would give must work:
+        e.g. conveyor settings that leave no time to decide are refused with the reason."""
+        result = super()._validate(params)
+        if not result.successful:
+            return result
+        new = {**self.p, **{prm.name: prm.value for prm in params
+                            if prm.name in self._specs and prm.value is not None}}
+        try:
+            self._fusion_config(new)
+        except FusionConfigError as e:
+            self.get_logger().warning(f"refused parameter change: {e}")
+            return SetParametersResult(successful=False, reason=str(e))
+        return result
+
     def on_params_changed(self, names: list[str]) -> None:
         try:
             cfg = self._fusion_config()
-        except FusionConfigError as e:  # e.g. conveyor numbers leave no time: keep the old policy
+        except FusionConfigError as e:  # refused in _validate already; kept as a last guard
             self.get_logger().error(f"policy not changed: {e}")
             return
         with self._lock:
@@ -207,6 +268,7 @@ class SorterNode(ParamNode):
             for d in self.fuser.poll(now):
                 self._emit(d, None)
             self._check_robot_timeouts()
+        self._log_limit.flush()
 
     # ---------------------------------------------------------------- decision
     def _emit(self, d: Decision, t_last: float | None) -> None:
@@ -217,9 +279,16 @@ class SorterNode(ParamNode):
             lat["decision"] = (time.perf_counter() - t_last) * 1000.0
         result = d.to_result(lat)
         t0 = time.perf_counter()
-        self.audit.record_decision(result, action=d.action, reason_code=d.reason_code, fail_safe=d.fail_safe,
-                                   sources=d.sources_summary(), decision_ms=lat.get("decision"))
+        first = self.audit.record_decision(result, action=d.action, reason_code=d.reason_code,
+                                           fail_safe=d.fail_safe, sources=d.sources_summary(),
+                                           decision_ms=lat.get("decision"))
         t1 = time.perf_counter()
+        if not first:  # a replay into an existing audit file: both decisions are kept, say so
+            self.diag.stats.incr("audit_duplicate_stamps")
+            self._log_limit("audit_duplicate", "warning", (
+                f"part {d.stamp_ns}: audit log {self.audit.path} already holds a decision for this stamp "
+                f"(same recording replayed into an existing audit file?); the first one stays in table "
+                f"'decisions', this one ({d.action}) is in 'duplicate_decisions'"))
         try:
             self.pub.publish(String(data=dumps(result)))
         except Exception:  # only at shutdown: the decision is audited and still goes to the PLC
@@ -255,10 +324,11 @@ class SorterNode(ParamNode):
 
     # ---------------------------------------------------------------- actuators
     def _on_ack(self, stamp_ns: int, actuator: str, status: str, detail: str, latency_ms) -> None:
+        """Audit every actuator event. Refusals and evictions are logged (rate-limited, with
+        the part) by the actuator itself and turn /diagnostics to ERROR (_diag_level)."""
         self.audit.record_ack(stamp_ns, actuator, status, detail, latency_ms)
         if status in ("refused", "evicted"):
             self.diag.stats.incr(f"{actuator}_{status}")
-            self.get_logger().error(f"{actuator}: part {stamp_ns} {status}: {detail}")
 
     def _send_robot(self, rc: RobotConfig, cmd_pub, pose_pub, result: dict, action: str) -> None:
         cmd = sort_command(result, action, rc, self._k)
@@ -351,9 +421,12 @@ class SorterNode(ParamNode):
         return out
 
     def _diag_level(self) -> tuple[int, str]:
-        bad = [a for a in self.actuators if a.counters["refused"]]
+        # a refused or evicted decision never reaches that machine: ERROR until the sorter restarts
+        bad = [a for a in self.actuators if a.counters["refused"] or a.counters["evicted"]]
         if bad:
-            return DiagnosticStatus.ERROR, "queue full, decisions refused: " + ", ".join(a.name for a in bad)
+            return DiagnosticStatus.ERROR, "actuator queue full, decisions not delivered (see audit acks): " \
+                + ", ".join(f"{a.name} ({a.counters['refused']} refused, {a.counters['evicted']} queued "
+                            "passes evicted)" for a in bad)
         down = [a for a in self.actuators if not a.connected]
         if down:
             return DiagnosticStatus.WARN, "actuator outage (decisions queued): " + ", ".join(

@@ -194,8 +194,9 @@ class VisionNode(ParamNode):
             ParamSpec("publish_overlay", True, "Draw and publish the overlay image (only while subscribed)."),
             ParamSpec("template", "", "Aligned defect-free image of the board (file) for models whose card "
                       "says input.template; empty = none. Live.", check=_template_path),
-            ParamSpec("expected_size", [0, 0], "Expected frame [width, height]; other sizes fail safe, and the model is "
-                      "warmed up at this size when it loads. [0, 0] = any size.", check=_size, type_=Parameter.Type.INTEGER_ARRAY),
+            ParamSpec("expected_size", [0, 0], "Expected frame [width, height]; other sizes fail safe, and "
+                      "the model is warmed up at this size when it loads. [0, 0] = any size.", check=_size,
+                      type_=Parameter.Type.INTEGER_ARRAY),
             ParamSpec("input_depth", 10, "QoS depth of the image subscription (restart to change).",
                       range=(1, 100), read_only=True),
             ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages (restart to change).",
@@ -290,6 +291,23 @@ class VisionNode(ParamNode):
             self.get_logger().warn(f"model {model.name}: warm-up skipped ({type(e).__name__}: {e})")
         return model
 
+    def _load_advice(self, error: Exception) -> str:
+        """What to change after a failed load: the read-only 'backend'/'precision' (restart)
+        when the backend or its TensorRT engine is the problem, else the live 'model'."""
+        from defect_perception.inference.engine_cache import EngineRejected
+        from defect_perception.inference.errors import BackendUnavailable
+
+        if isinstance(error, BackendUnavailable):
+            return (f"backend {self.p['backend']!r} cannot run here: set the 'backend' parameter to auto or "
+                    "onnxruntime (config/line.yaml, or -p backend:=onnxruntime) and restart the node; "
+                    "'backend' is read only at start")
+        if isinstance(error, EngineRejected):
+            return (f"the TensorRT {self.p['precision']} engine was refused: rebuild it with "
+                    "`defect-perception build-engine MODEL --force` (another precision or better "
+                    "calibration images), or set 'backend' to onnxruntime or another 'precision' and "
+                    "restart the node (both are read only at start)")
+        return "fix the model files or set the 'model' parameter to a valid model folder"
+
     def _load_initial(self) -> None:
         try:
             self._model = self._load(self.p["model"])
@@ -297,7 +315,7 @@ class VisionNode(ParamNode):
             self._model_error = f"{type(e).__name__}: {e}"
             self.get_logger().error(f"cannot load model {self.p['model']!r}: {self._model_error}. "
                                     f"Every frame gets '{self.p['fail_safe_verdict']}' until a model "
-                                    "loads (set the 'model' parameter).")
+                                    f"loads ({self._load_advice(e)}).")
 
     def _load_async(self, path: str) -> None:
         with self._load_lock:
@@ -312,7 +330,7 @@ class VisionNode(ParamNode):
                 self._model_error = f"loading {path!r} failed: {type(e).__name__}: {e}"
                 self.diag.stats.incr("model_load_failures")
                 kept = self._model.name if self._model else "none"
-                self.get_logger().error(f"{self._model_error}; keeping model {kept}")
+                self.get_logger().error(f"{self._model_error}; keeping model {kept} ({self._load_advice(e)})")
                 return
             with self._load_lock:
                 if seq != self._load_seq:  # a newer request superseded this one

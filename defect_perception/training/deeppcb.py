@@ -50,6 +50,10 @@ def read_annotations(path: Path) -> tuple[np.ndarray, list[str]]:
         text = path.read_text()
     except OSError as e:
         raise DatasetError(f"{path}: cannot read annotation file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        bad_line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise DatasetError(f"{path}:{bad_line}: not a text annotation file "
+                           f"(byte {e.start} is not UTF-8)") from None
     for lineno, line in enumerate(text.splitlines(), 1):
         parts = line.replace(",", " ").split()
         if not parts:
@@ -67,14 +71,19 @@ def read_annotations(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def read_split(root: str | Path = DEFAULT_ROOT, split: str = "trainval",
-               on_error: str = "fail") -> list[Sample]:
-    """Samples of `trainval` or `test`. on_error='skip' logs each broken sample and goes on."""
+               on_error: str = "fail", skipped: list[str] | None = None) -> list[Sample]:
+    """Samples of `trainval` or `test`. on_error='skip' logs each broken sample (and appends
+    its message to `skipped`) and goes on."""
     root = Path(root)
     listing = root / f"{split}.txt"
     if not listing.is_file():
         raise DatasetError(f"{listing}: split list not found (is {root} a DeepPCB folder?)")
+    try:
+        text = listing.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{listing}: cannot read split list ({e})") from None
     samples = []
-    for lineno, line in enumerate(listing.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -83,6 +92,8 @@ def read_split(root: str | Path = DEFAULT_ROOT, split: str = "trainval",
             if on_error != "skip":
                 raise
             log.warning("skipping sample: %s", e)
+            if skipped is not None:
+                skipped.append(str(e))
     return samples
 
 

@@ -6,6 +6,7 @@ tensors.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import cv2
 import numpy as np
 
 from defect_perception.training.deeppcb import DatasetError, deterministic_split, load_gray, read_split
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MEAN, STD = 0.5, 0.5
@@ -37,9 +40,10 @@ def good_images(folder: str | Path) -> list[Path]:
     return paths
 
 
-def deeppcb_templates(root: str | Path, split: str = "trainval") -> list[Path]:
-    """The defect-free templates of a DeepPCB split (good parts)."""
-    return [s.temp_path for s in read_split(root, split)]
+def deeppcb_templates(root: str | Path, split: str = "trainval", on_error: str = "fail",
+                      skipped: list[str] | None = None) -> list[Path]:
+    """The defect-free templates of a DeepPCB split (good parts). `on_error` as in read_split."""
+    return [s.temp_path for s in read_split(root, split, on_error=on_error, skipped=skipped)]
 
 
 def split_train_calib(paths: list[Path], calib_fraction: float, seed: int = 0
@@ -54,13 +58,33 @@ def split_train_calib(paths: list[Path], calib_fraction: float, seed: int = 0
 
 
 def load_stack(paths: list[Path], size: int, progress: bool = True) -> np.ndarray:
-    """Load and preprocess images into one float32 [N, 1, size, size] array."""
+    """Load and preprocess images into one float32 [N, 1, size, size] array; an unreadable
+    image raises DatasetError naming it."""
+    return load_images(paths, size, progress)[0]
+
+
+def load_images(paths: list[Path], size: int, progress: bool = True, on_error: str = "fail",
+                skipped: list[str] | None = None) -> tuple[np.ndarray, list[Path]]:
+    """(float32 [N, 1, size, size], the N paths loaded). An unreadable image raises
+    DatasetError naming it; with on_error='skip' it is logged, its message appended to
+    `skipped`, and left out."""
     from tqdm import tqdm
 
     out = np.empty((len(paths), 1, size, size), np.float32)
-    for i, p in enumerate(tqdm(paths, desc="load images", disable=not progress, leave=False)):
-        out[i] = preprocess(load_gray(p), size)
-    return out
+    kept: list[Path] = []
+    for p in tqdm(paths, desc="load images", disable=not progress, leave=False):
+        try:
+            img = load_gray(p)
+        except DatasetError as e:
+            if on_error != "skip":
+                raise
+            log.warning("skipping image: %s", e)
+            if skipped is not None:
+                skipped.append(str(e))
+            continue
+        out[len(kept)] = preprocess(img, size)
+        kept.append(p)
+    return out[:len(kept)], kept
 
 
 @dataclass

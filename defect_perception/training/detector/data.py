@@ -7,12 +7,15 @@ about 100 MB), so an epoch costs only the augmentation.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from ..deeppcb import DEFECT_TYPES, Sample, load_gray
+from ..deeppcb import DEFECT_TYPES, DatasetError, Sample, load_gray
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,20 +31,35 @@ class DetSet:
 
 
 def load_samples(
-    samples: list[Sample], size: int, template: bool = False, which: str = "test", progress: bool = False
+    samples: list[Sample], size: int, template: bool = False, which: str = "test", progress: bool = False,
+    on_error: str = "fail", skipped: list[str] | None = None,
 ) -> DetSet:
-    """Read and resize samples; which='temp' loads the defect-free templates (no boxes)."""
+    """Read and resize samples; which='temp' loads the defect-free templates (no boxes).
+    An unreadable image raises DatasetError naming it; with on_error='skip' the sample is
+    logged, its message appended to `skipped`, and left out."""
     from tqdm import tqdm
 
     out = DetSet([], [], [], [], [])
     it = tqdm(samples, desc=f"load {which} images", disable=not progress)
     for s in it:
-        img = load_gray(s.temp_path if which == "temp" else s.test_path)
+        try:
+            img = load_gray(s.temp_path if which == "temp" else s.test_path)
+            tmp = load_gray(s.temp_path) if template else None
+            if tmp is not None and tmp.shape != img.shape:
+                raise DatasetError(f"{s.temp_path}: template is {tmp.shape[1]}x{tmp.shape[0]}, its tested "
+                                   f"image {img.shape[1]}x{img.shape[0]}: they must be aligned")
+        except DatasetError as e:
+            if on_error != "skip":
+                raise
+            log.warning("skipping sample %s: %s", s.name, e)
+            if skipped is not None:
+                skipped.append(str(e))
+            continue
         h, w = img.shape
         sx, sy = size / w, size / h
         img_r = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-        if template:
-            tmp = cv2.resize(load_gray(s.temp_path), (size, size), interpolation=cv2.INTER_AREA)
+        if tmp is not None:
+            tmp = cv2.resize(tmp, (size, size), interpolation=cv2.INTER_AREA)
             img_r = np.dstack([img_r, tmp])
         out.images.append(img_r)
         if which == "temp":

@@ -23,7 +23,7 @@ from defect_perception.core.yaml_file import read_yaml_mapping
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
-    "data": {"root": None, "val_fraction": 0.1, "template": False, "limit": 0, "seed": 0},
+    "data": {"root": None, "val_fraction": 0.1, "template": False, "limit": 0, "seed": 0, "on_error": "fail"},
     "model": {"width": 0.25, "img_size": 320},
     "train": {"epochs": 30},
     "compress": {
@@ -79,26 +79,49 @@ class Data:
 
 
 def load_data(cfg: dict[str, Any], need_test: bool = True) -> Data:
-    from ..deeppcb import DEFAULT_ROOT, deterministic_split, read_split
+    """Train/validation (and test) sets. `data.on_error`: 'fail' stops at the first broken
+    file (DatasetError naming the file and line), 'skip' logs each and goes on without it."""
+    from ..cli_errors import check_on_error
+    from ..deeppcb import DEFAULT_ROOT, DatasetError, deterministic_split, read_split
     from .data import load_samples
 
     d = cfg["data"]
+    on_error = check_on_error(d.get("on_error") or "fail", "data.on_error")
     root = Path(d["root"]) if d.get("root") else DEFAULT_ROOT
     size = int(cfg["model"]["img_size"])
-    tv = read_split(root, "trainval")
+    skipped: list[str] = []
+    tv = read_split(root, "trainval", on_error=on_error, skipped=skipped)
     vf = float(d["val_fraction"])
     train_s, val_s = deterministic_split(tv, (1 - vf, vf), seed=int(d.get("seed", 0)))
-    test_s = read_split(root, "test") if need_test else []
+    test_s = read_split(root, "test", on_error=on_error, skipped=skipped) if need_test else []
     if d.get("limit"):
         n = int(d["limit"])
         train_s, val_s, test_s = train_s[:n], val_s[: max(n // 4, 4)], test_s[: max(n // 4, 4)]
     tpl = bool(d.get("template"))
-    return Data(
-        load_samples(train_s, size, tpl, progress=True),
-        load_samples(val_s, size, tpl),
-        load_samples(test_s, size, tpl),
-        load_samples(test_s, size, tpl, which="temp"),
-    )
+
+    def load(samples, **kw):
+        return load_samples(samples, size, tpl, on_error=on_error, skipped=skipped, **kw)
+
+    data = Data(load(train_s, progress=True), load(val_s), load(test_s), load(test_s, which="temp"))
+    if skipped:
+        log.warning("skipped %d bad sample(s) (data.on_error: skip; see warnings above)", len(skipped))
+    if not len(data.train):
+        raise DatasetError(f"{root}: no usable training samples in trainval.txt"
+                           + (f" ({len(skipped)} bad sample(s) skipped)" if skipped else ""))
+    return data
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Refuse bad training keys (baseline, sparse and fine-tune sections) before any data
+    is loaded, instead of after hours of earlier stages."""
+    from .train import TrainConfig
+
+    for where, section in (("train", {}), ("compress.sparse", cfg["compress"].get("sparse") or {}),
+                           ("compress.finetune", cfg["compress"].get("finetune") or {})):
+        try:
+            TrainConfig.from_dict({**cfg["train"], **section})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
 
 
 def model_config(cfg: dict[str, Any], train_ds) -> dict[str, Any]:
