@@ -72,3 +72,20 @@ def test_launch_description_in_a_full_ros2_install():
         pending = list(entity.visit(ctx) or []) + pending
     names = [getattr(n, "_Node__node_name", None) for n in nodes]
     assert names == plan_line(REPO / "config" / "line.yaml").names
+
+
+def test_a_replay_is_paced_by_the_last_stage_and_never_drives_the_plc(tmp_path):
+    """`line --bag` replays a shift: ack-paced (a slow model loses no part) and with no
+    actuators, unless the user asks for them with -p."""
+    cfg = tmp_path / "line.yaml"
+    cfg.write_text((REPO / "config" / "line.yaml").read_text().replace(
+        'actuators_config: ""', "actuators_config: config/actuators.yaml"))
+    bag = str(REPO / "data" / "sample" / "deeppcb_sample")
+    live = _launcher_plan(config=str(cfg))
+    assert live.params["sorter"]["actuators_config"] == "config/actuators.yaml"
+    replay = _launcher_plan(config=str(cfg), bag=bag)
+    assert replay.params["sorter"]["actuators_config"] == ""
+    assert replay.params["camera"]["ack_topic"] == replay.last_stage_topic() == "sorter/decision"
+    assert replay.params["camera"]["on_end"] == "exit"
+    forced = _launcher_plan(config=str(cfg), bag=bag, param=["sorter.actuators_config=config/actuators.yaml"])
+    assert forced.params["sorter"]["actuators_config"] == "config/actuators.yaml"

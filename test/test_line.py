@@ -435,3 +435,16 @@ def test_launcher_warns_once_for_a_node_that_never_comes_up_and_still_releases_t
     assert "/t_fake/camera" not in text.split("still waiting for", 1)[1].split("\n", 1)[0]
     assert monitor.released == [("/t_fake/camera", "trigger_mode", "free")]
     assert text.index("still waiting") < text.index("camera released") < text.index("line up:")
+
+
+def test_diag_lines_show_every_nonzero_trouble_counter():
+    """--diag is the pip-only install's window on the nodes: skipped frames, ack timeouts,
+    bad frames, queued or evicted decisions must show when they happen, zeros stay quiet."""
+    from defect_perception.launcher.monitor import _trouble
+
+    diag = {"skipped": "3", "ack_timeouts": "1", "bad_frames": "0", "plc_queue_depth": "12",
+            "fusion_late_after_decision": "2", "plc_last_error": "connection refused",
+            "frames": "100", "plc_evicted": "0"}
+    shown = {k: v for k, v in diag.items() if _trouble(k, v)}
+    assert shown == {"skipped": "3", "ack_timeouts": "1", "plc_queue_depth": "12",
+                     "fusion_late_after_decision": "2", "plc_last_error": "connection refused"}

@@ -65,17 +65,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def implied_params(args: argparse.Namespace, first: LinePlan | None) -> dict[str, dict]:
-    """Camera parameters the launcher sets (before any -p override): a finite recording for
-    --demo/--bag and ack pacing on the last stage for --demo."""
-    cam: dict = {}
-    if args.bag or args.demo:
-        uri = str(resolve(args.bag).absolute()) if args.bag else SAMPLE_RECORDING
-        cam.update({"source": "rosbag", "uri": uri, "on_end": "exit"})
-    if first is not None:
-        stage = first.last_stage_topic()
-        if args.demo and stage:
-            cam.update({"ack_topic": stage, "ack_timeout": 2.0})
-    return {"camera": cam} if cam else {}
+    """Parameters the launcher sets for --demo/--bag (before any -p override): a finite
+    recording, paced by the last stage so a slow model loses no part, and no actuators, so a
+    replayed shift never drives the real PLC (`-p sorter.actuators_config=...` to test one)."""
+    if not (args.bag or args.demo):
+        return {}
+    uri = str(resolve(args.bag).absolute()) if args.bag else SAMPLE_RECORDING
+    cam: dict = {"source": "rosbag", "uri": uri, "on_end": "exit"}
+    stage = first.last_stage_topic() if first is not None else None
+    if stage:
+        cam.update({"ack_topic": stage, "ack_timeout": 2.0})
+    return {"camera": cam, "sorter": {"actuators_config": ""}}
 
 
 def make_plan(args: argparse.Namespace) -> LinePlan:

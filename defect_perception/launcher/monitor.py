@@ -22,6 +22,21 @@ from defect_perception.nodes.base import BackgroundNode
 Emit = Callable[[str], None]
 
 
+# Diagnostic counters that mean frames, parts or decisions went somewhere other than the happy path.
+_TROUBLE_WORDS = ("drop", "fail", "skip", "timeout", "bad", "queue", "late", "evict", "refus", "error",
+                  "duplicate", "malformed")
+
+
+def _trouble(key: str, value: str) -> bool:
+    """Shown by --diag when non-zero (or non-numeric, e.g. a last error text)."""
+    if not any(w in key for w in _TROUBLE_WORDS):
+        return False
+    try:
+        return float(value) != 0.0
+    except ValueError:
+        return bool(value.strip())
+
+
 class LineMonitor(BackgroundNode):
     """Owns a context, a node `line_monitor` in the line's namespace, and a spin thread."""
 
@@ -99,7 +114,7 @@ class LineMonitor(BackgroundNode):
             keys = ("rate_hz", "latency_p50_ms", "latency_p99_ms")
             parts = [f"{k.replace('latency_', '').replace('_ms', '')}={v[k]}" for k in keys if k in v]
             parts += [f"{k}={val}" for k, val in v.items()
-                      if k not in keys and k != "_msg" and ("drop" in k or "fail" in k or k == "backend")]
+                      if k not in keys and k != "_msg" and (k == "backend" or _trouble(k, val))]
             self.emit(f"diag {name}: {v.get('_msg', '')} " + " ".join(parts))
         self._diag.clear()
 

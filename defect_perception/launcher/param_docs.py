@@ -41,10 +41,11 @@ Values are read like `ros2 param set`: `true`, `12`, `0.5`, `[a, b]`, text. A re
 prints the node's reason and exits with code 1; an unknown node or parameter also exits 1
 and lists what exists.
 
-The launcher also sets two camera parameters for you (a `-p` given by you wins):
+The launcher also sets some parameters for you (a `-p` given by you wins): camera
 `wait_subscribers` = the number of image consumers it starts (inspector, anomaly), and for
 `--demo` / `--bag` a finite replay (`source: rosbag`, `on_end: exit`, ack pacing on the last
-stage's topic). Tables below are generated from the code:
+stage's topic) with sorter `actuators_config` empty (a replay never drives the PLC). Tables below
+are generated from the code:
 `python -m defect_perception.launcher.param_docs > docs/parameters.md`.
 """
 
