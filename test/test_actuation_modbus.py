@@ -322,3 +322,30 @@ def test_state_changes_are_logged_naming_the_plc_and_rate_limited(tmp_path):
     assert sum(1 + _held(t) for t in state) == 6, state  # ... and every change is accounted for
     assert "connection lost" in state[0] and f"127.0.0.1:{port}" in state[0]
     assert state[-1].startswith("plc: connected to Modbus PLC") and "after" in state[-1]
+
+
+def test_idle_plc_outage_shows_before_the_next_part(tmp_path):
+    """With no parts flowing, a dead PLC used to show as connected until the next decision:
+    the failed heartbeat now takes the link down, and the link comes back on its own."""
+    port = _free_port()
+    plc = Plc(port)
+    plc.start()
+    logs: list[tuple[str, str]] = []
+    act = ModbusActuator(_opts(tmp_path), port=port, on_log=lambda level, text: logs.append((level, text)))
+    act.start()
+    try:
+        assert _wait(lambda: act.status()["connected"]), act.status()
+        plc.stop()
+        assert _wait(lambda: not act.status()["connected"], 5), act.status()  # heartbeat period 50 ms
+        status = act.status()
+        assert status["outages"] == 1 and status["queue_depth"] == 0
+        assert f"127.0.0.1:{port}" in status["last_error"], status
+        assert any(level == "warning" and "connection lost" in text and "heartbeat" in text
+                   for level, text in logs), logs
+        plc.start()
+        assert _wait(lambda: act.status()["connected"], 10), act.status()
+        act.submit(Command(stamp_ns=T0, action="reject", bin=1))
+        assert _wait(lambda: len(plc.parts()) == 1), act.status()
+    finally:
+        act.close()
+        plc.close()

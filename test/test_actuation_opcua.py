@@ -252,3 +252,30 @@ def test_opcua_unreachable_at_start_and_connect_are_logged_with_the_url(tmp_path
         assert "delivering 1 queued" in logs[1][1]
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_opcua_idle_server_loss_shows_before_the_next_part(tmp_path):
+    """The heartbeat write fails when the server goes away: the link is down in diagnostics
+    with no part in flight, and the part sent after the server returns still arrives."""
+    async def main():
+        plc = UaPlc()
+        await plc.start()
+        logs = []
+        act = OpcUaActuator(_opts(tmp_path, connect_timeout_ms=500), plc.url, plc.node_ids(),
+                            on_log=lambda level, text: logs.append((level, text)))
+        act.start()
+        try:
+            assert await _wait(lambda: act.status()["connected"]), act.status()
+            await plc.stop()
+            assert await _wait(lambda: not act.status()["connected"], 10), act.status()
+            assert act.status()["outages"] == 1 and plc.url in act.status()["last_error"], act.status()
+            assert any("connection lost" in text and "heartbeat" in text for _, text in logs), logs
+            await plc.start()  # same port, fresh address space
+            assert await _wait(lambda: act.status()["connected"], 20), act.status()
+            act.submit(Command(stamp_ns=9, action="reject", bin=1))
+            assert await _wait(lambda: len(plc.parts) == 1, 20), act.status()
+        finally:
+            act.close()
+            await plc.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 90))

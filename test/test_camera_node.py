@@ -250,6 +250,7 @@ def test_missing_bag_fails_at_start_naming_it(tmp_path):
 CRASHING_CAMERA = """
 import sys
 
+from defect_perception.launcher import composed
 from defect_perception.nodes import camera
 from defect_perception.sources.synthetic import SyntheticSource
 
@@ -264,12 +265,16 @@ def read(self):  # a driver bug: the 4th read raises something no one expects
 
 
 SyntheticSource.read = read
+if sys.argv[1] == "composed":  # the --in-process line: camera (and others) in one process
+    sys.exit(composed.main(["camera", *sys.argv[2:]]))
 sys.exit(camera.main())
 """
 
 
-def test_crashed_frame_thread_is_an_error_not_a_healthy_idle_camera(probe_factory, tmp_path):
-    """The frame thread used to die while the node stayed up reporting `ok`."""
+@pytest.mark.parametrize("mode", ["process", "composed"])
+def test_crashed_frame_thread_is_an_error_not_a_healthy_idle_camera(probe_factory, tmp_path, mode):
+    """The frame thread used to die while the node stayed up reporting `ok`; in the in-process
+    line the process must exit with code 1 too, so the launcher names the dead camera."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
     script = tmp_path / "crashing_camera.py"
@@ -280,7 +285,7 @@ def test_crashed_frame_thread_is_an_error_not_a_healthy_idle_camera(probe_factor
         s for s in m.status if s.name == "/cam7/camera"), 50)
     args = ["-r", "__ns:=/cam7", "-p", "fps:=20.0", "-p", "width:=64", "-p", "height:=64",
             "-p", "wait_subscribers:=1"]
-    proc = subprocess.Popen([sys.executable, str(script), "--ros-args", *args],
+    proc = subprocess.Popen([sys.executable, str(script), mode, "--ros-args", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert probe.spin_until(lambda: proc.poll() is not None, 30), "the camera did not exit"

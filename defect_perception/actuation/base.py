@@ -4,8 +4,9 @@ An actuator owns an asyncio loop in a daemon thread, so the sorter's callbacks o
 for one SQLite commit (`submit`). The worker delivers the oldest queued command, waits for
 the machine's acknowledge (the counter echoed back) with a timeout, removes the command
 only then, and on any failure reconnects with exponential backoff. A heartbeat toggles at a
-fixed period while connected. `status()` gives what diagnostics need (connected, queue
-depth, outage duration, last error).
+fixed period while connected; a failed heartbeat takes the link down at once, so an idle
+line's outage shows in diagnostics before the next part. `status()` gives what diagnostics
+need (connected, queue depth, outage duration, last error).
 
 State changes (unreachable at start, connection lost, connected again after N s with K
 queued), queue refusals/evictions and acknowledge timeouts are reported through `on_log(level,
@@ -359,8 +360,15 @@ class QueuedActuator:
             self._heartbeat_value ^= 1
             try:
                 await asyncio.wait_for(self._write_heartbeat(self._heartbeat_value), 1.0)
-            except Exception as e:  # the worker notices the dead link on its next request
-                self.last_error = f"heartbeat: {_explain(e)}"
+            except Exception as e:  # a dead link while idle shows in diagnostics now, not at the next part
+                if not self.connected:
+                    continue  # the worker already took it down
+                self._set_down(f"heartbeat: {_explain(e)}")
+                try:
+                    await asyncio.wait_for(self._disconnect(), 1.0)
+                except Exception:  # the link is already gone
+                    pass
+                self._wake.set()  # the worker reconnects with backoff
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake early on close."""

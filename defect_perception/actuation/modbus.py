@@ -82,6 +82,7 @@ class ModbusActuator(QueuedActuator):
 
     async def _write_heartbeat(self, value: int) -> None:
         c = self._client
-        if c is not None and c.connected:
-            self._check(await c.write_register(self.map.heartbeat, value, device_id=self.device_id),
-                        f"write heartbeat register {self.map.heartbeat}")
+        if c is None or not c.connected:
+            raise ActuatorError(f"{self.where}: not connected")
+        self._check(await c.write_register(self.map.heartbeat, value, device_id=self.device_id),
+                    f"write heartbeat register {self.map.heartbeat}")

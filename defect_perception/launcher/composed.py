@@ -55,9 +55,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _factory(name: str, cls: type):
+    # a node that can die on its own (the camera's frame thread) ends the whole process with
+    # code 1, so the launcher reports it instead of running a line that gets no frames
+    kwargs = {"exit_on_crash": True} if "exit_on_crash" in inspect.signature(cls).parameters else {}
+
     def make():
         try:
-            return cls()
+            return cls(**kwargs)
         except Exception as e:  # name the node whose start failed
             raise RuntimeError(f"node {name}: {e}") from e
     return make

@@ -4,6 +4,7 @@ and `/diagnostics` behave the same across the line."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -150,7 +151,8 @@ class Diagnostics:
 def run_nodes(factories: Sequence[Callable[[], Node]], args: list[str] | None = None,
               threads: int = 2) -> int:
     """Build nodes after rclpy.init and spin them on one executor until Ctrl-C / SIGTERM.
-    Returns a process exit code; a node that fails to construct exits 1 with its error."""
+    Returns a process exit code: 1 when a node fails to construct (with its error) or when a
+    node reports `crashed` (e.g. the camera's frame thread died), else 0."""
     rclpy.init(args=args)
     signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
     nodes: list[Node] = []
@@ -158,7 +160,6 @@ def run_nodes(factories: Sequence[Callable[[], Node]], args: list[str] | None = 
         for make in factories:
             nodes.append(make())
     except Exception as e:  # startup errors must name the problem, not dump a traceback loop
-        import sys
         print(f"[defect_perception] failed to start: {e}", file=sys.stderr, flush=True)
         for n in nodes:
             n.destroy_node()
@@ -184,7 +185,10 @@ def run_nodes(factories: Sequence[Callable[[], Node]], args: list[str] | None = 
             n.destroy_node()
         executor.shutdown()
         rclpy.try_shutdown()
-    return 0
+    crashed = [(type(n).__name__, n.crashed) for n in nodes if getattr(n, "crashed", None)]
+    for name, why in crashed:
+        print(f"[defect_perception] {name} crashed ({why}); exit code 1", file=sys.stderr, flush=True)
+    return 1 if crashed else 0
 
 
 class BackgroundNode:
