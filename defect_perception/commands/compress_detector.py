@@ -28,17 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from ..training.cli_errors import usage_error
-    from ..training.detector.pipeline import STAGES, check_config, load_config, load_data, run_stage
+    from ..training.detector.pipeline import STAGES, load_for_training, run_stage
 
     over: dict = {"train": {"threads": args.threads}}
     if args.data:
         over["data"] = {"root": args.data}
-    if args.on_error:
-        over.setdefault("data", {})["on_error"] = args.on_error
     try:  # bad config or dataset file: one line naming the file (and line), exit 2
-        cfg = load_config(args.config, over)
-        check_config(cfg)
-        data = load_data(cfg, need_test=False)
+        cfg, data = load_for_training(args.config, over, args.on_error)
     except (OSError, ValueError) as e:  # DatasetError is a ValueError
         return usage_error("compress-detector", e)
     work = Path(args.work)

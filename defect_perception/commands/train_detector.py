@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.cli_errors import usage_error
     from ..training.deeppcb import DEFECT_TYPES
     from ..training.detector.model import build
-    from ..training.detector.pipeline import check_config, load_config, load_data, model_config
+    from ..training.detector.pipeline import load_for_training, model_config
     from ..training.detector.train import TrainConfig, train
 
     over: dict = {"train": {"threads": args.threads}}
@@ -39,12 +39,8 @@ def run(args: argparse.Namespace) -> int:
         over["data"] = {k: v for k, v in (("root", args.data), ("limit", args.limit)) if v}
     if args.template:
         over.setdefault("data", {})["template"] = True
-    if args.on_error:
-        over.setdefault("data", {})["on_error"] = args.on_error
     try:  # bad config or dataset file: one line naming the file (and line), exit 2
-        cfg = load_config(args.config, over)
-        check_config(cfg)
-        data = load_data(cfg, need_test=False)
+        cfg, data = load_for_training(args.config, over, args.on_error)
     except (OSError, ValueError) as e:  # DatasetError is a ValueError
         return usage_error("train-detector", e)
     model = build(model_config(cfg, data.train))

@@ -21,9 +21,7 @@ from typing import Any
 
 import numpy as np
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
-    stamp_ns INTEGER PRIMARY KEY,
+_DECISION_COLUMNS = """
     decided_ns INTEGER NOT NULL,
     verdict TEXT NOT NULL,
     action TEXT NOT NULL,
@@ -36,23 +34,13 @@ CREATE TABLE IF NOT EXISTS decisions (
     decision_ms REAL,
     sources TEXT NOT NULL,
     result TEXT NOT NULL
-);
+"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS decisions (
+    stamp_ns INTEGER PRIMARY KEY,{_DECISION_COLUMNS});
 CREATE INDEX IF NOT EXISTS decisions_decided ON decisions(decided_ns);
 CREATE TABLE IF NOT EXISTS duplicate_decisions (
-    stamp_ns INTEGER NOT NULL,
-    decided_ns INTEGER NOT NULL,
-    verdict TEXT NOT NULL,
-    action TEXT NOT NULL,
-    reason_code TEXT NOT NULL,
-    reason TEXT,
-    fail_safe INTEGER NOT NULL,
-    label TEXT,
-    score REAL,
-    anomaly_score REAL,
-    decision_ms REAL,
-    sources TEXT NOT NULL,
-    result TEXT NOT NULL
-);
+    stamp_ns INTEGER NOT NULL,{_DECISION_COLUMNS});
 CREATE TABLE IF NOT EXISTS acks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     stamp_ns INTEGER NOT NULL,

@@ -124,6 +124,17 @@ def check_config(cfg: dict[str, Any]) -> None:
             raise ValueError(f"{where}: {e}") from None
 
 
+def load_for_training(path: str | Path, overrides: dict, on_error: str | None = None
+                      ) -> tuple[dict[str, Any], Data]:
+    """Config (checked) and training data for the training CLIs; a bad config or dataset
+    file raises OSError / ValueError naming it, before any training starts."""
+    if on_error:
+        overrides.setdefault("data", {})["on_error"] = on_error
+    cfg = load_config(path, overrides)
+    check_config(cfg)
+    return cfg, load_data(cfg, need_test=False)
+
+
 def model_config(cfg: dict[str, Any], train_ds) -> dict[str, Any]:
     """Model config with K-means++ anchors fitted to the training boxes (model pixels)."""
     from .anchors import kmeanspp_anchors, mean_best_iou
