@@ -298,7 +298,7 @@ def test_crashed_frame_thread_is_an_error_not_a_healthy_idle_camera(probe_factor
     assert len(probe.images) == 3
     assert "camera frame thread crashed after 3 frames" in err
     assert "ZeroDivisionError: simulated driver bug" in err
-    assert "Traceback" in err and "exit code 1" in err
+    assert "Traceback" in err and "node camera crashed: ZeroDivisionError: simulated driver bug" in err
     errors = [d for d in diags if d.level == DiagnosticStatus.ERROR]
     assert errors and "frame thread crashed: ZeroDivisionError: simulated driver bug" in errors[0].message, \
         [(d.level, d.message) for d in diags]

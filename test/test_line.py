@@ -292,6 +292,22 @@ def test_node_that_fails_to_start_stops_the_line_and_is_named(tmp_path, mode):
     assert not [p for p in child_pids(proc.lines) if alive(p)]
 
 
+def test_in_process_failure_names_the_node_that_failed_or_crashed():
+    from types import SimpleNamespace
+
+    from defect_perception.commands.line import IN_PROCESS, _culprit
+
+    def child(*tail):
+        return SimpleNamespace(name=IN_PROCESS, tail=list(tail))
+
+    crash = "[defect_perception] node camera crashed: ZeroDivisionError: x; exit code 1"
+    start = "[defect_perception] failed to start: node inspector: model file missing"
+    noise = "[INFO] [line.sorter]: the node sorter: up"
+    assert _culprit(child(noise, crash)) == "camera (in the in-process line)"
+    assert _culprit(child(start)) == "inspector (in the in-process line)"
+    assert _culprit(child("[INFO] [line.camera]: node camera: started")) == "in-process line"
+
+
 def test_bad_command_line_is_a_usage_error_without_starting_anything():
     r = subprocess.run([sys.executable, "-m", "defect_perception.cli", "line", "--nodes", "camera",
                         "-p", "camra.fps=3"], capture_output=True, text=True, timeout=60)

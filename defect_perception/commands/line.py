@@ -261,11 +261,12 @@ def _still_waiting(missing: set[str], timeout: float) -> str:
 
 def _culprit(child) -> str:
     """The node to name: the child itself, or for the in-process line the node whose
-    construction failed (run_nodes prints `failed to start: node <name>: ...`)."""
+    construction failed or that crashed (run_nodes prints `failed to start: node <name>: ...`
+    or `node <name> crashed: ...`)."""
     if child.name != IN_PROCESS:
         return child.name
     for line in reversed(child.tail):
-        m = re.search(r"failed to start: node (\w+):", line)
+        m = re.search(r"\[defect_perception\] (?:failed to start: )?node (\w+)(?::| crashed:)", line)
         if m:
             return f"{m.group(1)} (in the in-process line)"
     return "in-process line"

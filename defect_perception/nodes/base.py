@@ -165,6 +165,7 @@ def run_nodes(factories: Sequence[Callable[[], Node]], args: list[str] | None = 
             n.destroy_node()
         rclpy.try_shutdown()
         return 1
+    names = [n.get_name() for n in nodes]  # handles are gone once a crash shut the context down
     executor = MultiThreadedExecutor(num_threads=threads)
     for n in nodes:
         executor.add_node(n)
@@ -185,9 +186,9 @@ def run_nodes(factories: Sequence[Callable[[], Node]], args: list[str] | None = 
             n.destroy_node()
         executor.shutdown()
         rclpy.try_shutdown()
-    crashed = [(type(n).__name__, n.crashed) for n in nodes if getattr(n, "crashed", None)]
+    crashed = [(name, n.crashed) for name, n in zip(names, nodes, strict=True) if getattr(n, "crashed", None)]
     for name, why in crashed:
-        print(f"[defect_perception] {name} crashed ({why}); exit code 1", file=sys.stderr, flush=True)
+        print(f"[defect_perception] node {name} crashed: {why}; exit code 1", file=sys.stderr, flush=True)
     return 1 if crashed else 0
 
 
