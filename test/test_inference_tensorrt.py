@@ -12,6 +12,7 @@ import pytest
 
 from defect_perception.inference import engine_cache, tensorrt_backend, verify
 from defect_perception.inference.errors import ModelLoadError
+from defect_perception.inference.input_shape import input_chw
 from defect_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
 from defect_perception.inference.testing import make_classifier, make_detector
 
@@ -171,13 +172,13 @@ def test_template_model_engine_shapes_use_two_channels(tmp_path):
     card = json.loads((d / "model.json").read_text())
     onnx = d / "model.onnx"
     shape = tensorrt_backend.onnx_input_shape(onnx)
-    assert tensorrt_backend.input_chw(card, shape, onnx) == (2, 64, 64)
+    assert input_chw(card, shape, onnx) == (2, 64, 64)
     assert tensorrt_backend.profile_shapes((2, 64, 64), 16) == {
         "min": (1, 2, 64, 64), "opt": (4, 2, 64, 64), "max": (16, 2, 64, 64)}
     assert tensorrt_backend.profile_shapes((2, 64, 64), 16, static_batch=1)["max"] == (1, 2, 64, 64)
     no_tpl = {**card, "input": {k: v for k, v in card["input"].items() if k != "template"}}
     with pytest.raises(ModelLoadError, match=r"channels differs"):
-        tensorrt_backend.input_chw(no_tpl, shape, onnx)
+        input_chw(no_tpl, shape, onnx)
     # the post-build cross-check feeds 2-channel inputs (was 1 or 3 and failed in ONNX Runtime)
     ort = OnnxRuntimeBackend(onnx)
     rep = tensorrt_backend.check_against_onnxruntime(onnx, card, ort.run)

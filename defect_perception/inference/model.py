@@ -28,6 +28,7 @@ from defect_perception.core.preprocess import InputError, Preprocessor, check_im
 from defect_perception.core.result import make_result
 from defect_perception.inference import backends
 from defect_perception.inference.errors import InferenceError, ModelLoadError
+from defect_perception.inference.input_shape import input_chw
 
 log = logging.getLogger("defect_perception.inference")
 
@@ -65,20 +66,7 @@ def load_model(path: str | Path, backend: str = "auto", threads: int = 0, precis
 def check_io(be, card: dict, onnx_path: str) -> None:
     """The ONNX input must be [N, C, H, W] with C and H, W from the card; the task's outputs
     must exist. Catches a card written for another export before the first frame."""
-    inp = card["input"]
-    want_c = 1 if inp.get("color") == "gray" else 3
-    if inp.get("template") and inp.get("color") == "gray":
-        want_c = 2  # frame + aligned template
-    want = [want_c, *inp["size"]]
-    shape = list(be.input_shape)
-    if len(shape) != 4:
-        raise ModelLoadError(f"{onnx_path}: input {be.input_name!r} has shape {shape}, expected NCHW")
-    for dim, w, what in zip(shape[1:], want, ("channels", "height", "width"), strict=False):
-        if isinstance(dim, int) and dim > 0 and dim != w:
-            raise ModelLoadError(
-                f"{onnx_path}: input {be.input_name!r} shape {shape} does not match the card "
-                f"({card['_dir']}/model.json: input.size {inp['size']}, color {inp.get('color', 'bgr')} "
-                f"-> [N, {want_c}, {inp['size'][0]}, {inp['size'][1]}]; {what} differs)")
+    input_chw(card, be.input_shape, onnx_path, be.input_name)
     missing = [o for o in REQUIRED_OUTPUTS[card["task"]] if o not in be.output_names]
     if missing:
         raise ModelLoadError(f"{onnx_path}: a {card['task']} model must have output(s) {missing}; "

@@ -24,7 +24,8 @@ import numpy as np
 from defect_perception.core.model_card import sha256_file
 from defect_perception.inference import engine_cache, verify
 from defect_perception.inference.engine_cache import EngineRejected
-from defect_perception.inference.errors import BackendUnavailable, ModelLoadError
+from defect_perception.inference.errors import BackendUnavailable
+from defect_perception.inference.input_shape import input_chw
 
 log = logging.getLogger("defect_perception.tensorrt")
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -74,28 +75,6 @@ def engine_key(onnx_path: str | Path, precision: str) -> engine_cache.EngineKey:
         raise BackendUnavailable(f"TensorRT: {why}")
     return engine_cache.EngineKey(sha256_file(onnx_path), gpu["name"], gpu["compute_capability"],
                                   trt.__version__, precision)
-
-
-def input_chw(card: dict, onnx_shape: list | None = None, onnx_path: str | Path = "") -> tuple[int, int, int]:
-    """(C, H, W) of the network input as the runtime feeds it (`Preprocessor.shape`: 1 channel
-    gray, 2 gray + aligned template (`input.template`), 3 colour). When the ONNX input shape
-    is given, its fixed dimensions must agree: the engine profile is built from these."""
-    from defect_perception.core.preprocess import Preprocessor
-
-    inp = card["input"]
-    chw = Preprocessor(inp).shape
-    if onnx_shape is not None:
-        shape = list(onnx_shape)
-        if len(shape) != 4:
-            raise ModelLoadError(f"{onnx_path}: input has shape {shape}, expected NCHW")
-        for dim, want, what in zip(shape[1:], chw, ("channels", "height", "width"), strict=True):
-            if isinstance(dim, int) and dim > 0 and dim != want:
-                raise ModelLoadError(
-                    f"{onnx_path}: input shape {shape} does not match the card ({card.get('_dir', '?')}"
-                    f"/model.json: input.size {inp['size']}, color {inp.get('color', 'bgr')}"
-                    f"{', template' if inp.get('template') else ''} -> [N, {chw[0]}, {chw[1]}, {chw[2]}]; "
-                    f"{what} differs)")
-    return chw
 
 
 def profile_shapes(chw: tuple[int, int, int], max_batch: int, static_batch: int | None = None
