@@ -89,12 +89,18 @@ def read_split(root: str | Path = DEFAULT_ROOT, split: str = "trainval",
         try:
             samples.append(_sample(root, listing, lineno, line))
         except DatasetError as e:
-            if on_error != "skip":
-                raise
-            log.warning("skipping sample: %s", e)
-            if skipped is not None:
-                skipped.append(str(e))
+            skip_or_raise(e, on_error, skipped, "sample")
     return samples
+
+
+def skip_or_raise(error: DatasetError, on_error: str, skipped: list[str] | None, what: str) -> None:
+    """`on_error: fail` re-raises (the message names the file and line); `skip` logs the
+    error, records it in `skipped` for the run's summary, and the caller goes on."""
+    if on_error != "skip":
+        raise error
+    log.warning("skipping %s: %s", what, error)
+    if skipped is not None:
+        skipped.append(str(error))
 
 
 def _sample(root: Path, listing: Path, lineno: int, line: str) -> Sample:

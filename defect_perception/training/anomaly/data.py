@@ -6,16 +6,19 @@ tensors.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from defect_perception.training.deeppcb import DatasetError, deterministic_split, load_gray, read_split
-
-log = logging.getLogger(__name__)
+from defect_perception.training.deeppcb import (
+    DatasetError,
+    deterministic_split,
+    load_gray,
+    read_split,
+    skip_or_raise,
+)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MEAN, STD = 0.5, 0.5
@@ -76,11 +79,7 @@ def load_images(paths: list[Path], size: int, progress: bool = True, on_error: s
         try:
             img = load_gray(p)
         except DatasetError as e:
-            if on_error != "skip":
-                raise
-            log.warning("skipping image: %s", e)
-            if skipped is not None:
-                skipped.append(str(e))
+            skip_or_raise(e, on_error, skipped, "image")
             continue
         out[len(kept)] = preprocess(img, size)
         kept.append(p)

@@ -7,15 +7,12 @@ about 100 MB), so an epoch costs only the augmentation.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from ..deeppcb import DEFECT_TYPES, DatasetError, Sample, load_gray
-
-log = logging.getLogger(__name__)
+from ..deeppcb import DEFECT_TYPES, DatasetError, Sample, load_gray, skip_or_raise
 
 
 @dataclass
@@ -49,11 +46,7 @@ def load_samples(
                 raise DatasetError(f"{s.temp_path}: template is {tmp.shape[1]}x{tmp.shape[0]}, its tested "
                                    f"image {img.shape[1]}x{img.shape[0]}: they must be aligned")
         except DatasetError as e:
-            if on_error != "skip":
-                raise
-            log.warning("skipping sample %s: %s", s.name, e)
-            if skipped is not None:
-                skipped.append(str(e))
+            skip_or_raise(e, on_error, skipped, f"sample {s.name}")
             continue
         h, w = img.shape
         sx, sy = size / w, size / h
