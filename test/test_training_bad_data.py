@@ -73,6 +73,17 @@ def test_compress_detector_names_the_bad_annotation_line(broken_deeppcb):
     assert not (root / "work").exists()
 
 
+def test_compress_detector_refuses_an_unknown_kd_teacher_before_training(broken_deeppcb):
+    root, _ = broken_deeppcb
+    cfg = root / "detector.yaml"
+    cfg.write_text((REPO / "config/train/detector_small_2x.yaml").read_text().replace(
+        "kd_teacher: sparse", "kd_teacher: teacher.pt"))
+    out = cli("compress-detector", "--config", str(cfg), "--data", str(root), "--work", str(root / "work"))
+    line = last_error_line(out, "compress-detector")
+    assert "compress.kd_teacher: 'teacher.pt' is not one of baseline, sparse" in line
+    assert not (root / "work").exists()
+
+
 def test_detector_data_skips_bad_samples_on_request(broken_deeppcb):
     from defect_perception.training.detector.pipeline import load_config, load_data
 

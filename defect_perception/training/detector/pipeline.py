@@ -4,7 +4,7 @@ and layer pruning, fine-tuning with and without KD, and evaluation on the test s
 
 Config (YAML) sections: `data`, `model` (DetectorConfig), `train` (TrainConfig for the
 baseline), `compress` {sparse: TrainConfig overrides, channel_ratio, max_layer_ratio,
-layer_blocks, finetune: TrainConfig overrides}, `eval` {nms_iou}.
+layer_blocks, kd_teacher (baseline | sparse), finetune: TrainConfig overrides}, `eval` {nms_iou}.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "channel_ratio": 0.6,
         "max_layer_ratio": 0.9,
         "layer_blocks": 2,
+        "kd_teacher": "baseline",
         "finetune": {"epochs": 10, "lr": 1e-3, "warmup_iters": 20},
     },
     "eval": {"nms_iou": 0.5},
@@ -122,6 +123,9 @@ def check_config(cfg: dict[str, Any]) -> None:
             TrainConfig.from_dict({**cfg["train"], **section})
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from None
+    if cfg["compress"].get("kd_teacher") not in KD_TEACHERS:
+        raise ValueError(f"compress.kd_teacher: {cfg['compress'].get('kd_teacher')!r} is not one of "
+                         f"{', '.join(KD_TEACHERS)}")
 
 
 def load_for_training(path: str | Path, overrides: dict, on_error: str | None = None
@@ -188,6 +192,7 @@ def evaluate_model(
     }
 
 
+KD_TEACHERS = ("baseline", "sparse")  # unpruned models the KD fine-tuning can learn from
 STAGES = ("baseline", "sparse", "channel_pruned", "layer_pruned", "ft_kd", "ft_plain")
 STAGE_TITLES = {
     "baseline": "baseline",
@@ -270,8 +275,8 @@ def run_stage(stage: str, cfg: dict[str, Any], data: Data, work: Path, img_dir: 
     elif stage in ("ft_kd", "ft_plain"):
         model, _ = load_checkpoint(run_stage("layer_pruned", cfg, data, work, img_dir))
         teacher = None
-        if stage == "ft_kd":
-            teacher, _ = load_checkpoint(run_stage("baseline", cfg, data, work, img_dir))
+        if stage == "ft_kd":  # the unpruned model: the original (paper) or the sparsity-trained one
+            teacher, _ = load_checkpoint(run_stage(c["kd_teacher"], cfg, data, work, img_dir))
         train(
             model,
             data.train,
