@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("evaluate_line")
     make_classifier(d / "model")
     # tens of ms of real convolution work per frame: a deliberately slow inspector
-    make_classifier(d / "slow_model", name="slow-classifier", size=(96, 96), slow_convs=6)
+    make_classifier(d / "slow_model", name="slow-classifier", size=(192, 192), slow_convs=6)
     return {"dir": d, "bag": write_bag(d / "bag", FRAMES),
             "config": write_config(d / "line.yaml", d / "model"),
             "slow_config": write_config(d / "slow.yaml", d / "slow_model")}
