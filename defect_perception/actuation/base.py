@@ -144,6 +144,7 @@ class QueuedActuator:
         self._thread: threading.Thread | None = None
         self._stop = False
         self._heartbeat_value = 0
+        self._generation = 0  # +1 per connection, so a late failure on an old link is not blamed on a new one
 
     # ------------------------------------------------------------ public, any thread
     def start(self) -> None:
@@ -235,6 +236,10 @@ class QueuedActuator:
             await self._worker()
         finally:
             hb.cancel()
+            try:
+                await hb  # let it finish cancelling before the loop closes
+            except (asyncio.CancelledError, Exception):  # its own errors are moot at shutdown
+                pass
             if self.connected:
                 try:
                     await asyncio.wait_for(self._disconnect(), 1.0)
@@ -272,6 +277,7 @@ class QueuedActuator:
             self._set_down(_explain(e))
             return False
         self.connected = True
+        self._generation += 1
         self.counters["reconnects"] += 1
         queued = len(self.queue)
         if self._outage_since is not None:
@@ -358,11 +364,12 @@ class QueuedActuator:
             if not self.connected:
                 continue
             self._heartbeat_value ^= 1
+            generation = self._generation
             try:
                 await asyncio.wait_for(self._write_heartbeat(self._heartbeat_value), 1.0)
             except Exception as e:  # a dead link while idle shows in diagnostics now, not at the next part
-                if not self.connected:
-                    continue  # the worker already took it down
+                if not self.connected or generation != self._generation:
+                    continue  # the worker already took that link down (and may have a new one)
                 self._set_down(f"heartbeat: {_explain(e)}")
                 try:
                     await asyncio.wait_for(self._disconnect(), 1.0)
