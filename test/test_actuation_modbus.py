@@ -43,20 +43,22 @@ class Plc:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.sim: PlcSimulator | None = None
-        self.history: list = []  # parts over all incarnations
+        # every incarnation, kept: a stopping server may still finish a request it had taken
+        # (and its PLC program acknowledge it); that part did reach the PLC and must be counted
+        self.incarnations: list[PlcSimulator] = []
 
     def start(self) -> None:
         self.sim = PlcSimulator(port=self.port, **self.kw)
+        self.incarnations.append(self.sim)
         asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop).result(5)
 
     def stop(self) -> None:
         if self.sim is not None:
             asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(5)
-            self.history += self.sim.parts
             self.sim = None
 
     def parts(self) -> list:
-        return self.history + (self.sim.parts if self.sim else [])
+        return [p for sim in self.incarnations for p in sim.parts]
 
     def close(self) -> None:
         self.stop()
