@@ -242,14 +242,12 @@ def latency_anomalib(model, size: int, threads: int, onnx_path: Path, repeat: in
         res["torch_eager"] = _timeit(lambda: wrapped(x), repeat)
         ref_map, ref_score = (t.numpy() for t in wrapped(x))
     try:
-        import onnxruntime as ort
+        from defect_perception.inference.onnxruntime_backend import cpu_session
 
         with torch.no_grad():
             torch.onnx.export(wrapped, (x,), str(onnx_path), dynamo=False, opset_version=17,
                               input_names=["input"], output_names=["map", "score"])
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        sess = cpu_session(onnx_path, threads)
         feed = {"input": x.numpy()}
         amap, score = sess.run(None, feed)
         res["onnx_parity_map_max_abs"] = float(np.abs(amap - ref_map).max())
@@ -392,8 +390,7 @@ def latency_rerun(args) -> int:
     --threads) so all latency numbers come from one quiet moment; torch eager numbers are kept."""
     import os
 
-    import onnxruntime as ort
-
+    from defect_perception.inference.onnxruntime_backend import cpu_session
     from defect_perception.training.deeppcb import load_gray, read_split
 
     res_path = args.out / "anomalib_results.json"
@@ -404,9 +401,7 @@ def latency_rerun(args) -> int:
         onnx_path = args.out / f"{name}.onnx"
         if name == "ours" or not onnx_path.is_file():
             continue
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
-        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        sess = cpu_session(onnx_path, args.threads)
         row["latency"]["onnxruntime"] = _timeit(lambda s=sess: s.run(None, {"input": x}), 100, 10)
     if "ours" in rows:
         lat = latency_ours(args.ours, load_gray(read_split(args.deeppcb, "test")[0].test_path), args.threads)

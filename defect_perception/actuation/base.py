@@ -267,6 +267,14 @@ class QueuedActuator:
             self._outages += 1
             self._next_reminder = self._outage_since + 6 * self.opts.log_interval_ms / 1000
 
+    async def _drop_link(self, error: str) -> None:
+        """Mark the link down (logged, outage started) and close what is left of it."""
+        self._set_down(error)
+        try:
+            await asyncio.wait_for(self._disconnect(), 1.0)
+        except Exception:  # the link is already gone
+            pass
+
     async def _ensure_connected(self) -> bool:
         if self.connected:
             return True
@@ -333,11 +341,7 @@ class QueuedActuator:
                 backoff = min(backoff * 2, self.opts.backoff_max_ms)
                 continue
             except Exception as e:  # link failure: reconnect and resend the same command
-                self._set_down(_explain(e))
-                try:
-                    await asyncio.wait_for(self._disconnect(), 1.0)
-                except Exception:  # the link is already gone
-                    pass
+                await self._drop_link(_explain(e))
                 continue
             backoff = self.opts.backoff_min_ms
             self.queue.done(seq)
@@ -370,11 +374,7 @@ class QueuedActuator:
             except Exception as e:  # a dead link while idle shows in diagnostics now, not at the next part
                 if not self.connected or generation != self._generation:
                     continue  # the worker already took that link down (and may have a new one)
-                self._set_down(f"heartbeat: {_explain(e)}")
-                try:
-                    await asyncio.wait_for(self._disconnect(), 1.0)
-                except Exception:  # the link is already gone
-                    pass
+                await self._drop_link(f"heartbeat: {_explain(e)}")
                 self._wake.set()  # the worker reconnects with backoff
 
     async def _sleep(self, seconds: float) -> None:
